@@ -1,0 +1,67 @@
+"""mlfork: forkable ML runs on git, DVC, Hydra and MLflow.
+
+The Python API mirrors the CLI; each function takes `path` (the project, default ".")
+and keyword arguments named like the CLI's options, and returns plain data.
+
+    import mlfork
+    mlfork.init("demo")
+    result = mlfork.run(path="demo", name="base", iterations=4)
+    for info in mlfork.runs("demo"):
+        print(info.name, info.done, info.headline_value)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import MlforkError
+
+if TYPE_CHECKING:
+    from .models import Checkpoint, RunInfo, RunResult
+    from .ops.init import InitResult
+    from .ops.sync import SyncResult
+
+__version__ = "0.1.0"
+__all__ = ["MlforkError", "init", "run", "resume", "runs", "log", "sync"]
+
+
+def init(path: str = ".") -> InitResult:
+    """`mlfork init PATH`."""
+    from .ops.init import init as _init
+
+    return _init(path)
+
+
+def run(path: str = ".", **options: Any) -> RunResult:
+    """`mlfork run`: name, iterations, timeout, stage_timeout, tags, overrides."""
+    from .ops.run import start
+
+    return start(path=path, **options)
+
+
+def resume(path: str = ".", **options: Any) -> RunResult:
+    """`mlfork resume`: run, iterations, timeout, stage_timeout."""
+    from .ops.run import resume as _resume
+
+    return _resume(path=path, **options)
+
+
+def runs(path: str = ".") -> list[RunInfo]:
+    """`mlfork runs`."""
+    from .ops.lineage import runs as _runs
+
+    return _runs(path)
+
+
+def log(path: str = ".", run: str | None = None) -> list[Checkpoint]:
+    """`mlfork log RUN`."""
+    from .ops.lineage import log as _log
+
+    return _log(path, run)
+
+
+def sync(path: str = ".", rebuild: bool = False) -> SyncResult:
+    """`mlfork sync [--rebuild]`."""
+    from .ops.sync import sync as _sync
+
+    return _sync(path, rebuild)

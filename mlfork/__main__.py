@@ -1,0 +1,3 @@
+from mlfork.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Adapters: the only modules that import pygit2, dvc, hydra and mlflow."""

@@ -1,0 +1,128 @@
+"""The Hydra adapter: the only module that imports hydra and omegaconf.
+
+Configs are composed through Hydra's compose API inside `initialize_config_dir`, which
+restores Hydra's global state on exit, and returned as plain dicts. Projects without a
+`conf/` folder use their `params.yaml` as the config and get the same override grammar
+applied to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, OverrideError
+
+VERSION_BASE = "1.3"
+
+
+@dataclass(frozen=True)
+class ParsedOverride:
+    text: str
+    key: str  # dotted key or config group, without +/++/~ prefix
+    kind: str  # "change", "add", "force_add", "delete"
+    prefix: str  # "", "+", "++" or "~"
+    value_text: str | None
+
+    def with_value(self, value: str) -> str:
+        return f"{self.prefix}{self.key}={value}"
+
+
+def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
+    """Parse with Hydra's own grammar; one bad override is an OverrideError naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed: list[ParsedOverride] = []
+    for text in overrides:
+        try:
+            (ov,) = parser.parse_overrides([text])
+        except HydraException as exc:
+            raise OverrideError(text, _first_line(exc)) from exc
+        if ov.is_sweep_override():
+            raise OverrideError(text, "sweeps are not supported: give one value per run")
+        if ov.package is not None:
+            raise OverrideError(text, "package overrides (@pkg) are not supported")
+        kind = {
+            OverrideType.CHANGE: "change",
+            OverrideType.ADD: "add",
+            OverrideType.FORCE_ADD: "force_add",
+            OverrideType.DEL: "delete",
+        }[ov.type]
+        prefix = {"change": "", "add": "+", "force_add": "++", "delete": "~"}[kind]
+        value_text = text.split("=", 1)[1] if "=" in text else None
+        parsed.append(ParsedOverride(text, ov.key_or_group, kind, prefix, value_text))
+    return parsed
+
+
+def compose(conf_dir: Path, overrides: list[str], config_name: str = "config") -> dict[str, Any]:
+    """Compose `conf_dir/<config_name>.yaml` with `overrides` into a plain, resolved dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    parse_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=VERSION_BASE):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise _composition_error(exc, overrides, lambda: compose(conf_dir, [], config_name))
+    assert isinstance(data, dict)
+    return data
+
+
+def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The override grammar applied to a plain config (the `params.yaml`-only mode)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    parse_overrides(overrides)
+    cfg = OmegaConf.create(base)
+    OmegaConf.set_struct(cfg, True)
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(parser.parse_overrides([text]), cfg)
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise OverrideError(text, _first_line(exc)) from exc
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    return data
+
+
+def _composition_error(exc: Exception, overrides: list[str], compose_plain: Any) -> Exception:
+    """Blame the override Hydra names; if none is named, blame the config if it fails alone."""
+    reason = _first_line(exc)
+    for text in overrides:
+        key = text.lstrip("+~").split("=", 1)[0]
+        if key and (f"'{key}'" in str(exc) or f"'{key.replace('.', '/')}" in str(exc)):
+            return OverrideError(text, reason)
+    if overrides:
+        try:
+            compose_plain()
+        except ConfigError as plain:
+            return plain
+        return OverrideError(" ".join(overrides), reason)
+    return ConfigError(f"conf/ cannot be composed: {reason}; fix the files under conf/")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def to_yaml(data: dict[str, Any]) -> str:
+    """params.yaml text: block style, keys in config order."""
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

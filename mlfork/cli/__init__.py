@@ -1,0 +1,93 @@
+"""The `mlfork` command line: thin commands over `mlfork.ops`.
+
+Only click is imported at start-up; each command's module is imported when it runs, and
+the operations import dvc, mlflow, hydra and pandas inside their functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+# command name -> (module under mlfork.cli, one-line help shown by `mlfork --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("init", "Create an example project, or adopt an existing git+DVC project."),
+    "run": ("run", "Start a run: a branch mlfork/NAME with one commit per stage per iteration."),
+    "resume": ("resume", "Continue a run from its first uncommitted stage."),
+    "branch": ("branch", "Fork a run at a checkpoint into a new run."),
+    "runs": ("runs", "List the runs: parent, fork point, status, progress, headline metric."),
+    "log": ("log", "List a run's checkpoints with their metrics."),
+    "sync": ("sync", "Deliver pending tracking writes; bring MLflow up to date with git."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"mlfork.cli.{COMMANDS[cmd_name][0]}")
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, short) for name, (_, short) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show stage output and full tracebacks.")
+@click.version_option(package_name="mlfork", prog_name="mlfork")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """mlfork: forkable ML runs on git, DVC, Hydra and MLflow.
+
+    Every iteration of a run is a git commit with DVC-tracked artifacts and a
+    Hydra-composed config; a fork is a branch at a checkpoint commit.
+
+    \b
+    Start:    mlfork init demo && cd demo && mlfork run --name base --iterations 4
+    Inspect:  mlfork runs; mlfork log base
+    Fork:     mlfork branch --from-iteration 1 --name lr model.lr=0.05 --run
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from ..errors import MlforkError
+
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        return cli.main(args=args, prog_name="mlfork", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mlfork: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MlforkError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"mlfork: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("mlfork: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line unless -v
+        if verbose:
+            raise
+        click.echo(
+            f"mlfork: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+            err=True,
+        )
+        sys.exit(1)

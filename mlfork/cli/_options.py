@@ -1,0 +1,40 @@
+"""Options shared by run, resume and branch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+
+def positive_float(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be a positive number of seconds")
+    return value
+
+
+def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--stage-timeout", type=float, default=None, callback=positive_float, metavar="S",
+        help="Stop a stage that runs longer than S seconds (resumable).",
+    )(fn)
+    fn = click.option(
+        "--timeout", type=float, default=None, callback=positive_float, metavar="S",
+        help="Stop the run after S seconds, between or inside stages (resumable).",
+    )(fn)
+    return fn
+
+
+def iterations_option(help_text: str) -> Callable[..., Any]:
+    return click.option(
+        "--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="N", help=help_text
+    )
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+
+
+def verbose(ctx: click.Context) -> bool:
+    return bool((ctx.find_root().obj or {}).get("verbose"))

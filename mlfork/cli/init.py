@@ -1,0 +1,31 @@
+"""mlfork init [DIR]"""
+
+from __future__ import annotations
+
+import click
+
+from ._output import emit_json, note
+
+
+@click.command("init")
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(directory: str, as_json: bool) -> None:
+    """Create the example project in DIRECTORY (new or empty), or adopt the git+DVC project
+    DIRECTORY is in.
+
+    A new project gets git, DVC with cache links (reflink, hardlink or symlink: artifacts are
+    linked, never copied), the example pipeline and its Hydra config, and a first commit. An
+    existing project only gets machine-local settings; no tracked file changes.
+    """
+    from ..ops.init import init
+
+    result = init(directory)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    click.echo(f"{result.mode} mlfork project at {result.root}")
+    for action in result.actions:
+        note(f"  - {action}")
+    where = "" if directory == "." else f"cd {directory} && "
+    note(f"next: {where}mlfork run --name base --iterations 4")

@@ -1,0 +1,43 @@
+"""mlfork resume [RUN] [--iterations K]"""
+
+from __future__ import annotations
+
+import click
+
+from ._options import iterations_option, json_option, runtime_options, verbose
+from ._output import ProgressView, emit_json, render_run_result
+
+
+@click.command("resume")
+@click.argument("run", required=False)
+@iterations_option("Run K more iterations (raising the budget if needed) instead of up to it.")
+@runtime_options
+@json_option
+@click.pass_context
+def command(
+    ctx: click.Context,
+    run: str | None,
+    iterations: int | None,
+    timeout: float | None,
+    stage_timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Continue RUN (default: the run checked out) from its first uncommitted stage.
+
+    After a crash, Ctrl-C, a timeout or a failed stage nothing committed is redone; leftovers
+    of the interrupted stage are put back as the last commit has them first.
+    """
+    from ..ops.run import resume
+
+    with ProgressView() as view:
+        result = resume(
+            run=run,
+            iterations=iterations,
+            timeout=timeout,
+            stage_timeout=stage_timeout,
+            progress=view,
+            echo=verbose(ctx),
+        )
+    if as_json:
+        emit_json(result.to_dict())
+    render_run_result(result)

@@ -1,0 +1,30 @@
+"""mlfork sync [--rebuild]"""
+
+from __future__ import annotations
+
+import click
+
+from ._options import json_option
+from ._output import emit_json, note
+
+
+@click.command("sync")
+@click.option(
+    "--rebuild", is_flag=True,
+    help="Delete the project's runs from the store and recreate them from git alone.",
+)
+@json_option
+def command(rebuild: bool, as_json: bool) -> None:
+    """Deliver the tracking writes waiting in the outbox, then bring the tracking store up to
+    date with git (runs, lineage tags, params, metric histories). Running it twice changes
+    nothing the second time."""
+    from ..ops.sync import sync
+
+    result = sync(rebuild=rebuild)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    note(
+        f"synced {len(result.runs)} run(s) to {result.uri}: {result.delivered} pending write(s)"
+        f" delivered" + (f", {result.deleted} run(s) rebuilt" if rebuild else "")
+    )

@@ -1,0 +1,208 @@
+"""One exception base; every error states the fix and carries its exit code.
+
+Exit codes (documented in the README):
+
+    0  success
+    1  unexpected internal error (a bug: run with -v and report it)
+    2  bad usage or bad input: an unparsable or unknown override, a bad option value
+    3  not an mlfork project: not a git repository, not a DVC project, missing conf/ entries
+    4  the working tree has uncommitted changes
+    5  a run name is taken or invalid
+    6  not found: unknown run, iteration, stage or metric; an ambiguous prefix
+    7  a fork would change a locked key
+    8  a pipeline stage failed
+    9  a timeout stopped the run (resumable)
+    10 the tracking store could not be written (the outbox keeps the writes)
+    11 no git identity is configured
+    12 another mlfork process holds the project lock
+    13 a dataset differs from the one a run used (replay refused without --force)
+    14 a file mlfork reads is malformed (run record, replay manifest)
+    15 an output path cannot be written
+    130 interrupted (Ctrl-C); resumable
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MlforkError(Exception):
+    """Base of every error mlfork reports. `str(err)` is the one-line message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(MlforkError):
+    exit_code = 2
+
+
+class OverrideError(UsageError):
+    def __init__(self, override: str, reason: str) -> None:
+        reason = " ".join(reason.split())
+        super().__init__(f"override '{override}' is invalid: {reason}")
+        self.override = override
+        self.reason = reason
+
+
+class ProjectError(MlforkError):
+    exit_code = 3
+
+
+class NotAGitRepository(ProjectError):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"'{path}' is not in a git repository: run 'mlfork init' there, or 'git init' first"
+        )
+
+
+class NotADvcProject(ProjectError):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"'{path}' is not a DVC project: run 'mlfork init' (or 'dvc init') there first"
+        )
+
+
+class ConfigError(ProjectError):
+    pass
+
+
+class DirtyWorkingTree(MlforkError):
+    exit_code = 4
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        shown = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
+        super().__init__(
+            f"the working tree has uncommitted changes ({shown}): commit or stash them first"
+        )
+        self.paths = list(paths)
+
+
+class RunNameError(MlforkError):
+    exit_code = 5
+
+
+class RunNameTaken(RunNameError):
+    def __init__(self, name: str, flag: str = "--name") -> None:
+        super().__init__(f"branch 'mlfork/{name}' exists: pick another {flag}")
+        self.name = name
+
+
+class InvalidRunName(RunNameError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"invalid run name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -,"
+            " starting with a letter or digit"
+        )
+        self.name = name
+
+
+class NotFound(MlforkError):
+    exit_code = 6
+
+
+class UnknownRun(NotFound):
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        hint = f" (runs: {', '.join(known[:10])})" if known else " ('mlfork runs' lists them)"
+        super().__init__(f"unknown run '{name}'{hint}")
+        self.name = name
+
+
+class AmbiguousRun(NotFound):
+    def __init__(self, prefix: str, candidates: Sequence[str]) -> None:
+        super().__init__(
+            f"run prefix '{prefix}' is ambiguous: {', '.join(candidates)}; give more characters"
+        )
+        self.candidates = list(candidates)
+
+
+class LockedKeyError(MlforkError):
+    exit_code = 7
+
+    def __init__(self, key: str, override: str) -> None:
+        super().__init__(
+            f"override '{override}' would change locked key '{key}': a fork keeps the locked keys"
+            " of its lineage so that its metrics stay comparable; start a new run with"
+            " 'mlfork run' instead"
+        )
+        self.key = key
+
+
+class StageFailed(MlforkError):
+    exit_code = 8
+
+    def __init__(self, run: str, iteration: int, stage: str, returncode: int, tail: str) -> None:
+        tail_text = " | ".join(line for line in tail.strip().splitlines()[-5:] if line.strip())
+        super().__init__(
+            f"stage '{stage}' of iteration {iteration} failed with exit code {returncode}"
+            + (f": {tail_text}" if tail_text else "")
+            + f"; fix it, then run 'mlfork resume {run}'"
+        )
+        self.stage = stage
+        self.iteration = iteration
+        self.returncode = returncode
+        self.tail = tail
+
+
+class RunTimeout(MlforkError):
+    exit_code = 9
+
+    def __init__(self, run: str, what: str, seconds: float) -> None:
+        super().__init__(
+            f"{what} timeout of {seconds:g}s reached; everything committed is kept:"
+            f" run 'mlfork resume {run}' to go on"
+        )
+
+
+class TrackingError(MlforkError):
+    exit_code = 10
+
+
+class NoGitIdentity(MlforkError):
+    exit_code = 11
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no git identity is configured: run 'git config --global user.name \"Your Name\"'"
+            " and 'git config --global user.email you@example.com'"
+        )
+
+
+class ProjectLocked(MlforkError):
+    exit_code = 12
+
+    def __init__(self, pid: int, what: str) -> None:
+        super().__init__(
+            f"another mlfork process (pid {pid}, {what}) is working in this project:"
+            " wait for it to finish"
+        )
+
+
+class DatasetMismatch(MlforkError):
+    exit_code = 13
+
+
+class MalformedFile(MlforkError):
+    exit_code = 14
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} is malformed: {reason}")
+
+
+class OutputPathError(MlforkError):
+    exit_code = 15
+
+
+class Interrupted(MlforkError):
+    exit_code = 130
+
+    def __init__(self, run: str) -> None:
+        super().__init__(
+            f"interrupted; everything committed is kept: run 'mlfork resume {run}' to go on"
+        )

@@ -1,0 +1,174 @@
+"""Plain data the operations return and the persisted run record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from . import naming
+from .errors import MalformedFile
+
+RUN_RECORD_SCHEMA = 1
+
+RunStatus = Literal["completed", "running", "stopped", "failed", "timeout", "interrupted"]
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """Where a fork came from: the run that owns the checkpoint, and the checkpoint."""
+
+    run: str
+    iteration: int
+    step: str
+    commit: str
+
+
+@dataclass
+class RunRecord:
+    """`.mlfork/run.yaml`, committed by the first commit of a run's branch."""
+
+    name: str
+    iterations: int
+    overrides: list[str] = field(default_factory=list)
+    own_overrides: list[str] = field(default_factory=list)
+    parent: ParentRef | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    created: str = ""
+    base_commit: str = ""
+    stages: list[str] = field(default_factory=list)
+    schema: int = RUN_RECORD_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: data[k] for k in sorted(data)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = naming.RUN_RECORD) -> RunRecord:
+        if not isinstance(data, dict) or "name" not in data or "iterations" not in data:
+            raise MalformedFile(source, "expected a mapping with 'name' and 'iterations'")
+        try:
+            parent = data.get("parent")
+            return cls(
+                name=str(data["name"]),
+                iterations=int(data["iterations"]),
+                overrides=[str(o) for o in data.get("overrides") or []],
+                own_overrides=[str(o) for o in data.get("own_overrides") or []],
+                parent=ParentRef(
+                    run=str(parent["run"]),
+                    iteration=int(parent["iteration"]),
+                    step=str(parent["step"]),
+                    commit=str(parent["commit"]),
+                )
+                if parent
+                else None,
+                options=dict(data.get("options") or {}),
+                tags=[str(t) for t in data.get("tags") or []],
+                argv=[str(a) for a in data.get("argv") or []],
+                created=str(data.get("created") or ""),
+                base_commit=str(data.get("base_commit") or ""),
+                stages=[str(x) for x in data.get("stages") or []],
+                schema=int(data.get("schema", RUN_RECORD_SCHEMA)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedFile(source, str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit as mlfork sees it (no pygit2 objects leave the git adapter)."""
+
+    id: str
+    message: str
+    time: int
+    parents: tuple[str, ...]
+    trailers: naming.Trailers | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The commit after one stage of one iteration."""
+
+    run: str  # the run that owns (ran) it
+    iteration: int
+    step: str
+    commit: str
+    time: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One line of `mlfork runs`."""
+
+    name: str
+    branch: str
+    parent: ParentRef | None
+    status: str
+    done: int
+    budget: int
+    headline: str | None
+    headline_value: float | None
+    tip: str
+    checked_out: bool
+    tags: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tags"] = list(self.tags)
+        return data
+
+
+@dataclass
+class RunResult:
+    """What `mlfork run` / `mlfork resume` did."""
+
+    name: str
+    status: str
+    done: int
+    budget: int
+    ran: list[tuple[int, str]] = field(default_factory=list)
+    headline: str | None = None
+    headline_value: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    tip: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ran"] = [{"iteration": i, "step": s} for i, s in self.ran]
+        return data
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The fork policy: the `mlfork:` section of conf/config.yaml (or params.yaml)."""
+
+    locked: tuple[str, ...] = ("dataset", "val_metric")
+    relative: tuple[str, ...] = ("iterations",)
+    not_inherited: tuple[str, ...] = ("timeout", "stage_timeout")
+    checkpoint_output: str | None = None
+    checkpoint_resume: str | None = None
+    experiment: str | None = None
+    tracking_uri: str | None = None
+
+    @classmethod
+    def from_config(cls, section: Any) -> Policy:
+        if section is None:
+            return cls()
+        if not isinstance(section, dict):
+            raise MalformedFile("conf/config.yaml", "the 'mlfork' section must be a mapping")
+        ckpt = section.get("checkpoint") or {}
+        defaults = cls()
+        return cls(
+            locked=tuple(section.get("locked", defaults.locked) or ()),
+            relative=tuple(section.get("relative", defaults.relative) or ()),
+            not_inherited=tuple(section.get("not_inherited", defaults.not_inherited) or ()),
+            checkpoint_output=ckpt.get("output"),
+            checkpoint_resume=ckpt.get("resume"),
+            experiment=section.get("experiment"),
+            tracking_uri=section.get("tracking_uri"),
+        )

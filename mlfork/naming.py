@@ -1,0 +1,134 @@
+"""Every name mlfork writes, spelled once, each with a format/parse pair that round-trips."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+BRANCH_PREFIX = "mlfork/"
+REF_PREFIX = "refs/heads/" + BRANCH_PREFIX
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# Files, relative to the project root.
+MLFORK_DIR = ".mlfork"
+RUN_RECORD = ".mlfork/run.yaml"
+REPLAY_MANIFEST = ".mlfork/replay.json"
+LOCAL_DIR = ".mlfork/local"
+TRACKING_DB = ".mlfork/local/mlflow.db"
+LOCK_FILE = ".mlfork/local/lock"
+OUTBOX_DIR = ".mlfork/local/outbox"
+STATE_DIR = ".mlfork/local/state"
+LOGS_DIR = ".mlfork/local/logs"
+PARAMS_FILE = "params.yaml"
+CONF_DIR = "conf"
+CONF_NAME = "config"
+
+# Commit trailers.
+TRAILER_RUN = "Mlfork-Run"
+TRAILER_ITERATION = "Mlfork-Iteration"
+TRAILER_STEP = "Mlfork-Step"
+
+# MLflow tags.
+TAG_RUN = "mlfork.run"
+TAG_BRANCH = "mlfork.branch"
+TAG_PARENT_RUN = "mlfork.parent_run"
+TAG_FORK_ITERATION = "mlfork.fork_iteration"
+TAG_FORK_STEP = "mlfork.fork_step"
+TAG_FORK_COMMIT = "mlfork.fork_commit"
+TAG_ROOT_RUN = "mlfork.root_run"
+TAG_DEPTH = "mlfork.depth"
+TAG_INHERITED_UNTIL = "mlfork.inherited_until"
+TAG_LINEAGE = "mlfork.lineage"
+TAG_STATUS = "mlfork.status"
+TAG_USER_PREFIX = "mlfork.tag."
+TAG_MLFLOW_PARENT = "mlflow.parentRunId"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_GIT_BRANCH = "mlflow.source.git.branch"
+TAG_NOTE = "mlflow.note.content"
+TAG_RUN_NAME = "mlflow.runName"
+
+
+def branch_name(run: str) -> str:
+    """`base` -> `mlfork/base`."""
+    return BRANCH_PREFIX + run
+
+
+def ref_name(run: str) -> str:
+    """`base` -> `refs/heads/mlfork/base`."""
+    return REF_PREFIX + run
+
+
+def run_from_ref(ref: str) -> str | None:
+    """`refs/heads/mlfork/base` or `mlfork/base` -> `base`; anything else -> None."""
+    for prefix in (REF_PREFIX, BRANCH_PREFIX):
+        if ref.startswith(prefix):
+            name = ref[len(prefix) :]
+            return name if is_valid_run_name(name) else None
+    return None
+
+
+def is_valid_run_name(name: str) -> bool:
+    return RUN_NAME_RE.fullmatch(name) is not None and ".." not in name and not name.endswith(
+        (".", ".lock")
+    )
+
+
+@dataclass(frozen=True)
+class Trailers:
+    """The trailers of an mlfork commit. `iteration`/`step` are None on a run-record commit."""
+
+    run: str
+    iteration: int | None = None
+    step: str | None = None
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.iteration is not None and self.step is not None
+
+
+def format_checkpoint_message(run: str, iteration: int, step: str, body: str = "") -> str:
+    subject = f"{run}: iteration {iteration} {step}"
+    text = subject + ("\n\n" + body.strip() if body.strip() else "")
+    return text + "\n\n" + format_trailers(Trailers(run, iteration, step))
+
+
+def format_record_message(run: str, subject: str, body: str = "") -> str:
+    text = f"{run}: {subject}" + ("\n\n" + body.strip() if body.strip() else "")
+    return text + "\n\n" + format_trailers(Trailers(run))
+
+
+def format_trailers(t: Trailers) -> str:
+    lines = [f"{TRAILER_RUN}: {t.run}"]
+    if t.iteration is not None:
+        lines.append(f"{TRAILER_ITERATION}: {t.iteration}")
+    if t.step is not None:
+        lines.append(f"{TRAILER_STEP}: {t.step}")
+    return "\n".join(lines) + "\n"
+
+
+_TRAILER_LINE = re.compile(r"^(Mlfork-[A-Za-z]+):\s*(.*?)\s*$")
+
+
+def parse_trailers(message: str) -> Trailers | None:
+    """Trailers from the last paragraph of a commit message, or None for a non-mlfork commit."""
+    paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
+    if not paragraphs:
+        return None
+    found: dict[str, str] = {}
+    for line in paragraphs[-1].splitlines():
+        m = _TRAILER_LINE.match(line)
+        if m:
+            found[m.group(1)] = m.group(2)
+    run = found.get(TRAILER_RUN)
+    if not run:
+        return None
+    iteration = found.get(TRAILER_ITERATION)
+    try:
+        it = int(iteration) if iteration is not None else None
+    except ValueError:
+        return None
+    return Trailers(run=run, iteration=it, step=found.get(TRAILER_STEP))
+
+
+def replay_run_name(run: str, k: int) -> str:
+    return f"{run}-replay-{k}"

@@ -1,0 +1,1 @@
+"""Operations: plain functions that return data; they never print, prompt or chdir."""

@@ -1,0 +1,224 @@
+"""Mirror git into MLflow: what each run looks like in the tracking store, derived from git
+alone, and the outbox that keeps writes the store could not take."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .. import naming
+from ..adapters.tracking import RunWrite, Tracker, default_uri
+from ..errors import TrackingError
+from ..models import Checkpoint, RunRecord
+from . import lineage
+from .project import Project
+
+EXCLUDED_PARAMS = ("iteration", "iterations")
+
+
+def experiment_name(project: Project, rev: str) -> str:
+    return project.policy(rev).experiment or project.root.name
+
+
+def tracking_uri(project: Project, rev: str | None = None) -> str:
+    configured = project.policy(rev).tracking_uri if rev else None
+    project.local("mlflow.db")  # makes the self-ignoring .mlfork/local/
+    return default_uri(project.root, configured)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (list, tuple, dict)):
+            out[name] = json.dumps(value, sort_keys=True)
+        else:
+            out[name] = "null" if value is None else str(value)
+    return out
+
+
+def iso_to_ms(text: str) -> int:
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def user_tags(tags: Iterable[str]) -> dict[str, str]:
+    """`--tag k=v` -> MLflow tag k=v; `--tag k` -> k=true."""
+    out: dict[str, str] = {}
+    for tag in tags:
+        key, _, value = tag.partition("=")
+        out[key] = value if _ else "true"
+    return out
+
+
+def lineage_chain(project: Project, rec: RunRecord) -> list[dict[str, Any]]:
+    """The ancestry, root first: [{run, iteration, step, commit}, ..., {run: <this run>}]."""
+    chain: list[dict[str, Any]] = [{"run": rec.name}]
+    parent = rec.parent
+    seen = {rec.name}
+    while parent is not None and parent.run not in seen:
+        seen.add(parent.run)
+        chain[0].update(
+            {"iteration": parent.iteration, "step": parent.step, "commit": parent.commit[:12]}
+        )
+        chain.insert(0, {"run": parent.run})
+        try:
+            parent_rec = project.read_record(parent.commit)
+        except Exception:  # a malformed ancestor record ends the chain, it does not fail it
+            parent_rec = None
+        parent = parent_rec.parent if parent_rec is not None else None
+    return chain
+
+
+def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
+    chain = lineage_chain(project, rec)
+    tags = {
+        naming.TAG_ROOT_RUN: str(chain[0]["run"]),
+        naming.TAG_DEPTH: str(len(chain) - 1),
+    }
+    text = json.dumps(chain, separators=(",", ":"), sort_keys=True)
+    if len(text) > 8000:  # MLflow truncates tag values past 8,000 characters: keep it valid
+        text = json.dumps(
+            [{"run": c["run"], "iteration": c.get("iteration")} for c in chain],
+            separators=(",", ":"),
+        )[:8000]
+    tags[naming.TAG_LINEAGE] = text
+    if rec.parent is not None:
+        tags.update(
+            {
+                naming.TAG_PARENT_RUN: rec.parent.run,
+                naming.TAG_FORK_ITERATION: str(rec.parent.iteration),
+                naming.TAG_FORK_STEP: rec.parent.step,
+                naming.TAG_FORK_COMMIT: rec.parent.commit,
+                naming.TAG_INHERITED_UNTIL: str(rec.parent.iteration),
+            }
+        )
+    return tags
+
+
+def metric_points(
+    cps: Iterable[Checkpoint], stages: list[str], owner: str | None = None
+) -> list[list[Any]]:
+    """[key, value, timestamp_ms, step] at the end of each iteration (optionally one owner's)."""
+    points: list[list[Any]] = []
+    for it, cp in sorted(lineage.end_of_iteration(list(cps), stages).items()):
+        if owner is not None and cp.run != owner:
+            continue
+        for key, value in sorted(cp.metrics.items()):
+            points.append([key, value, cp.time * 1000, it])
+    return points
+
+
+def full_write(project: Project, run: str) -> RunWrite:
+    """The whole MLflow picture of a run, from git: tags, params, every metric point."""
+    rev = lineage.tip(project, run)
+    rec = lineage.record(project, run, rev)
+    cps = lineage.checkpoints(project, rev, with_metrics=True)
+    done = lineage.position(project, rev).done(rec.stages)
+    status = "FINISHED" if done >= rec.iterations else "KILLED"
+    last_time = project.git.commit(rev).time * 1000
+    return RunWrite(
+        run=run,
+        experiment=experiment_name(project, rev),
+        start_time=iso_to_ms(rec.created),
+        tags=run_tags(project, rec, rev),
+        params=run_params(project, rev),
+        metrics=metric_points(cps, rec.stages),
+        status=status,
+        end_time=last_time if status != "RUNNING" else None,
+    )
+
+
+def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:
+    tags = {
+        naming.TAG_RUN: rec.name,
+        naming.TAG_BRANCH: naming.branch_name(rec.name),
+        naming.TAG_GIT_COMMIT: rev,
+        naming.TAG_GIT_BRANCH: naming.branch_name(rec.name),
+        naming.TAG_RUN_NAME: rec.name,
+        "mlfork.overrides": json.dumps(rec.overrides),
+        "mlfork.budget": str(rec.iterations),
+    }
+    tags.update(lineage_tags(project, rec))
+    tags.update(user_tags(rec.tags))
+    return tags
+
+
+def run_params(project: Project, rev: str) -> dict[str, str]:
+    import yaml
+
+    raw = project.git.read(rev, naming.PARAMS_FILE)
+    config = (yaml.safe_load(raw) or {}) if raw else {}
+    return {
+        k: v for k, v in flatten(config).items() if k.split(".")[0] not in EXCLUDED_PARAMS
+    }
+
+
+@dataclass
+class Mirror:
+    """Delivers RunWrites; once the store fails, every later write of this process waits in
+    the outbox (one warning, no stalls), and `mlfork sync` delivers them."""
+
+    project: Project
+    uri: str
+    on_warning: Callable[[str], None] | None = None
+    warnings: list[str] = field(default_factory=list)
+    _tracker: Tracker | None = None
+    _down: bool = False
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri)
+        return self._tracker
+
+    def send(self, write: RunWrite) -> bool:
+        if not self._down:
+            try:
+                flush(self.project, self.tracker)
+                self.tracker.write(write)
+                return True
+            except TrackingError as exc:
+                self._down = True
+                message = (
+                    f"{exc}; the iteration is committed and its tracking write waits in the"
+                    " outbox: run 'mlfork sync' when the store is back"
+                )
+                self.warnings.append(message)
+                if self.on_warning is not None:
+                    self.on_warning(message)
+        park(self.project, write)
+        return False
+
+
+def park(project: Project, write: RunWrite) -> None:
+    path = project.local("outbox", f"{time.time_ns():020d}-{write.run}.json")
+    path.write_text(json.dumps(write.to_dict(), sort_keys=True), encoding="utf-8")
+
+
+def pending(project: Project) -> list[Any]:
+    folder = project.root / naming.OUTBOX_DIR
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def flush(project: Project, tracker: Tracker) -> int:
+    """Deliver the outbox in order; each delivered write leaves it. Raises TrackingError."""
+    delivered = 0
+    for path in pending(project):
+        try:
+            write = RunWrite.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            path.rename(path.with_suffix(".bad"))  # kept for inspection, never retried
+            continue
+        tracker.write(write)
+        path.unlink()
+        delivered += 1
+    return delivered
