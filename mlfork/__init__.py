@@ -18,11 +18,12 @@ from .errors import MlforkError
 
 if TYPE_CHECKING:
     from .models import Checkpoint, RunInfo, RunResult
+    from .ops.fork import ForkResult
     from .ops.init import InitResult
     from .ops.sync import SyncResult
 
 __version__ = "0.1.0"
-__all__ = ["MlforkError", "init", "run", "resume", "runs", "log", "sync"]
+__all__ = ["MlforkError", "init", "run", "resume", "branch", "runs", "log", "sync"]
 
 
 def init(path: str = ".") -> InitResult:
@@ -44,6 +45,15 @@ def resume(path: str = ".", **options: Any) -> RunResult:
     from .ops.run import resume as _resume
 
     return _resume(path=path, **options)
+
+
+def branch(path: str = ".", **options: Any) -> ForkResult:
+    """`mlfork branch`: source, from_iteration, from_step, name, iterations, tags,
+    inherit_tags, timeout, stage_timeout, switch, run, overrides. The result's `fork_run`,
+    `fork_iteration` and `fork_step` say where the fork came from."""
+    from .ops.fork import branch as _branch
+
+    return _branch(path=path, **options)
 
 
 def runs(path: str = ".") -> list[RunInfo]:

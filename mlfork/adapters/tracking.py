@@ -201,7 +201,7 @@ class Tracker:
                 run_id,
                 metrics=metrics[i : i + MAX_METRICS],
             )
-        if w.status == "RUNNING":
+        if w.status in ("RUNNING", "SCHEDULED"):
             self._call("be written", self.client.update_run, run_id, status=w.status)
         elif w.status is not None:
             self._call(

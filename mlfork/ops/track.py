@@ -92,16 +92,40 @@ def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
         )[:8000]
     tags[naming.TAG_LINEAGE] = text
     if rec.parent is not None:
+        p = rec.parent
+        at_end = bool(rec.stages) and p.step == rec.stages[-1]
         tags.update(
             {
-                naming.TAG_PARENT_RUN: rec.parent.run,
-                naming.TAG_FORK_ITERATION: str(rec.parent.iteration),
-                naming.TAG_FORK_STEP: rec.parent.step,
-                naming.TAG_FORK_COMMIT: rec.parent.commit,
-                naming.TAG_INHERITED_UNTIL: str(rec.parent.iteration),
+                naming.TAG_PARENT_RUN: p.run,
+                naming.TAG_FORK_ITERATION: str(p.iteration),
+                naming.TAG_FORK_STEP: p.step,
+                naming.TAG_FORK_COMMIT: p.commit,
+                # the last step whose metric points come from the ancestors
+                naming.TAG_INHERITED_UNTIL: str(p.iteration if at_end else p.iteration - 1),
             }
         )
+    tags[naming.TAG_NOTE] = note(rec, chain)
     return tags
+
+
+def note(rec: RunRecord, chain: list[dict[str, Any]]) -> str:
+    """The Markdown the MLflow UI shows on the run's page."""
+    lines = [f"**mlfork run `{rec.name}`** on branch `{naming.branch_name(rec.name)}`", ""]
+    if rec.parent is not None:
+        p = rec.parent
+        lines += [
+            f"Forked from **`{p.run}`** after stage `{p.step}` of iteration {p.iteration}"
+            f" (commit `{p.commit[:12]}`).",
+            "",
+            "Lineage: " + " → ".join(f"`{c['run']}`" for c in chain),
+            "",
+            "Own overrides: " + (" ".join(f"`{o}`" for o in rec.own_overrides) or "none"),
+        ]
+    else:
+        lines.append("Root run. Overrides: " + (" ".join(f"`{o}`" for o in rec.overrides) or "none"))
+    lines += ["", f"Iteration budget: {rec.iterations}."]
+    text = "\n".join(lines)
+    return text[:8000]
 
 
 def metric_points(
@@ -123,7 +147,7 @@ def full_write(project: Project, run: str) -> RunWrite:
     rec = lineage.record(project, run, rev)
     cps = lineage.checkpoints(project, rev, with_metrics=True)
     done = lineage.position(project, rev).done(rec.stages)
-    status = "FINISHED" if done >= rec.iterations else "KILLED"
+    status = mlflow_status(project, rec, done, started=any(c.run == run for c in cps))
     last_time = project.git.commit(rev).time * 1000
     return RunWrite(
         run=run,
@@ -133,8 +157,19 @@ def full_write(project: Project, run: str) -> RunWrite:
         params=run_params(project, rev),
         metrics=metric_points(cps, rec.stages),
         status=status,
-        end_time=last_time if status != "RUNNING" else None,
+        end_time=last_time if status in ("FINISHED", "FAILED", "KILLED") else None,
     )
+
+
+def mlflow_status(project: Project, rec: RunRecord, done: int, started: bool) -> str:
+    if done >= rec.iterations:
+        return "FINISHED"
+    state = lineage.run_status(project, rec.name, done, rec.iterations)
+    if state == "running":
+        return "RUNNING"
+    if not started:
+        return "SCHEDULED"
+    return "FAILED" if state == "failed" else "KILLED"
 
 
 def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:

@@ -1,0 +1,301 @@
+"""`mlfork branch`: fork a run at a checkpoint (DESIGN.md section 5).
+
+Everything is validated before the first write. The writes are then: the fork's branch at
+the checkpoint commit (created under a ref lock, so one of two racing processes wins), one
+commit with the fork's run record and re-composed params.yaml (written straight into the
+object database: the workspace is not touched), the switch, and the MLflow run last.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .. import naming
+from ..errors import LockedKeyError, NotFound, OverrideError, UsageError
+from ..models import Checkpoint, ParentRef, RunRecord, RunResult
+from . import lineage, track
+from .project import Project, record_text
+from .run import Progress, _quiet, advance, check_new_name, next_free_name, now_iso
+
+
+@dataclass
+class ForkResult:
+    """The new run: where it came from and what it will do."""
+
+    name: str
+    branch: str
+    fork_run: str  # the run that owns the checkpoint (the resolved parent)
+    fork_iteration: int
+    fork_step: str
+    fork_commit: str
+    source: str  # the run named with --from
+    budget: int
+    start_iteration: int  # the fork's first iteration of its own
+    overrides: list[str]
+    own_overrides: list[str]
+    tags: list[str]
+    switched: bool
+    commit: str
+    run: RunResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["run"] = self.run.to_dict() if self.run else None
+        return data
+
+
+def pick_checkpoint(
+    cps: list[Checkpoint],
+    stages: list[str],
+    source: str,
+    from_iteration: int | None,
+    from_step: str | None,
+    latest: Checkpoint | None,
+) -> Checkpoint:
+    """The checkpoint the flags name (see `mlfork branch --help`)."""
+    by_key = {(c.iteration, c.step): c for c in cps}
+    if from_iteration is not None and from_iteration < 0:
+        raise UsageError(f"--from-iteration must be 0 or more, got {from_iteration}")
+    if from_step is not None and from_step not in stages:
+        raise NotFound(
+            f"unknown stage '{from_step}': the stages of '{source}' are {', '.join(stages)}"
+        )
+    done = sorted({c.iteration for c in cps if c.step == stages[-1]})
+    if from_iteration is None and from_step is None:
+        if latest is None:
+            raise NotFound(f"run '{source}' has no checkpoint yet: run 'mlfork resume {source}'")
+        return latest
+    if from_step is None:
+        assert from_iteration is not None
+        found = by_key.get((from_iteration, stages[-1]))
+        if found is None:
+            span = f"0 to {done[-1]}" if done else "none yet"
+            raise NotFound(
+                f"iteration {from_iteration} of '{source}' is not completed (completed: {span});"
+                " pick one of those, or --from-step for a stage inside it"
+            )
+        return found
+    if from_iteration is None:
+        ran = [c for c in cps if c.step == from_step]
+        if not ran:
+            raise NotFound(f"stage '{from_step}' never ran in '{source}'")
+        return max(ran, key=lambda c: c.iteration)
+    found = by_key.get((from_iteration, from_step))
+    if found is None:
+        raise NotFound(
+            f"stage '{from_step}' did not run in iteration {from_iteration} of '{source}'"
+        )
+    return found
+
+
+def _key_of(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _touches(override_key: str, key: str) -> bool:
+    """Does an override of `override_key` reach `key` (the key itself, under it, or above)?"""
+    return (
+        override_key == key
+        or override_key.startswith(key + ".")
+        or override_key.startswith(key + "/")
+        or key.startswith(override_key + ".")
+    )
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def resolve_overrides(
+    inherited: Sequence[str],
+    own: Sequence[str],
+    relative: Sequence[str],
+    not_inherited: Sequence[str],
+    completed: int,
+) -> tuple[list[str], list[str], int | None]:
+    """(cumulative overrides, the fork's own overrides as recorded, iterations from an
+    `iterations=K` override). Relative keys count from the fork point; not-inherited keys
+    are dropped from the parent's list."""
+    from ..adapters import hydra
+
+    parsed = hydra.parse_overrides(list(own))
+    kept = [o for o in inherited if not any(_touches(_key_of(o), k) for k in not_inherited)]
+    own_out: list[str] = []
+    iterations = None
+    for ov in parsed:
+        if ov.key in relative and ov.kind != "delete":
+            value = (ov.value_text or "").strip()
+            if not value.isdigit():
+                raise OverrideError(
+                    ov.text,
+                    f"'{ov.key}' counts iterations from the fork point: give a non-negative"
+                    " integer",
+                )
+            if ov.key == "iterations":
+                iterations = int(value)
+                continue
+            own_out.append(ov.with_value(str(completed + int(value))))
+        else:
+            own_out.append(ov.text)
+    return kept + own_out, own_out, iterations
+
+
+def branch(
+    *,
+    path: str | os.PathLike[str] = ".",
+    source: str | None = None,
+    from_iteration: int | None = None,
+    from_step: str | None = None,
+    name: str | None = None,
+    iterations: int | None = None,
+    tags: Sequence[str] = (),
+    inherit_tags: bool = False,
+    timeout: float | None = None,
+    stage_timeout: float | None = None,
+    switch: bool = True,
+    run: bool = False,
+    overrides: Sequence[str] = (),
+    argv: Sequence[str] = (),
+    progress: Progress = _quiet,
+    echo: bool = False,
+) -> ForkResult:
+    """Fork a run at a checkpoint into the new run `name` (see DESIGN.md section 5)."""
+    project = Project.open(path)
+    git = project.git
+    sig = git.signature()
+    src = lineage.resolve_run(project, source)
+    src_tip = lineage.tip(project, src)
+    src_rec = lineage.record(project, src, src_tip)
+    stages = src_rec.stages
+    cps = lineage.checkpoints(project, src_tip)
+    pos = lineage.position(project, src_tip)
+    latest = next(
+        (c for c in cps if (c.iteration, c.step) == (pos.iteration, pos.step)), None
+    )
+    cp = pick_checkpoint(cps, stages, src, from_iteration, from_step, latest)
+    if iterations is not None and iterations < 0:
+        raise UsageError(f"--iterations must be 0 or more, got {iterations}")
+    if run and not switch:
+        raise UsageError("--run continues the fork in the workspace: drop --no-switch")
+    for flag, value in (("--timeout", timeout), ("--stage-timeout", stage_timeout)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value:g}")
+
+    parent_rec = project.read_record(cp.commit)  # the record of the run that ran it
+    assert parent_rec is not None and parent_rec.name == cp.run
+    policy = project.policy(cp.commit)
+    completed = cp.iteration + 1 if cp.step == stages[-1] else cp.iteration
+    cumulative, own, k = resolve_overrides(
+        parent_rec.overrides, overrides, policy.relative, policy.not_inherited, completed
+    )
+    k = iterations if iterations is not None else k
+    budget = completed + k if k is not None else src_rec.iterations
+
+    base = parent_rec.base_commit
+    parent_cfg = project.compose(cp.commit, parent_rec.overrides, base, cp.iteration, budget)
+    fork_cfg = project.compose(cp.commit, cumulative, base, cp.iteration, budget)
+    for key in policy.locked:
+        if _get(parent_cfg, key) != _get(fork_cfg, key):
+            culprit = next((o for o in own if _touches(_key_of(o), key)), " ".join(own))
+            raise LockedKeyError(key, culprit)
+
+    name = name or next_free_name(project, f"{src}-fork")
+    check_new_name(project, name)
+    if switch:
+        git.require_clean()
+    all_tags = list(dict.fromkeys([*(parent_rec.tags if inherit_tags else []), *tags]))
+    parent = ParentRef(run=cp.run, iteration=cp.iteration, step=cp.step, commit=cp.commit)
+    rec = RunRecord(
+        name=name,
+        iterations=budget,
+        overrides=cumulative,
+        own_overrides=own,
+        parent=parent,
+        options={"timeout": timeout, "stage_timeout": stage_timeout},
+        tags=all_tags,
+        argv=list(argv),
+        created=now_iso(),
+        base_commit=base,
+        stages=stages,
+    )
+    from ..adapters import hydra
+
+    fork_branch = naming.branch_name(name)
+    git.create_branch(fork_branch, cp.commit)  # the race is decided here
+    body = f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
+    if own:
+        body += "\noverrides: " + " ".join(own)
+    try:
+        commit = git.commit_tree_files(
+            fork_branch,
+            cp.commit,
+            {
+                naming.RUN_RECORD: record_text(rec).encode(),
+                naming.PARAMS_FILE: hydra.to_yaml(fork_cfg).encode(),
+            },
+            naming.format_record_message(name, f"fork {cp.run}@{cp.iteration}/{cp.step}", body),
+            signature=sig,
+        )
+    except BaseException:
+        git.delete_branch(fork_branch, cp.commit)
+        raise
+
+    result = ForkResult(
+        name=name,
+        branch=fork_branch,
+        fork_run=cp.run,
+        fork_iteration=cp.iteration,
+        fork_step=cp.step,
+        fork_commit=cp.commit,
+        source=src,
+        budget=budget,
+        start_iteration=completed,
+        overrides=cumulative,
+        own_overrides=own,
+        tags=all_tags,
+        switched=False,
+        commit=commit,
+    )
+    if not switch:
+        _mirror(project, name, progress)
+        return result
+    with ExitStack() as stack:
+        try:
+            lock = stack.enter_context(project.lock(name, "branch"))
+        except BaseException:  # another mlfork works here: take the fork back
+            git.delete_branch(fork_branch, commit)
+            raise
+        git.switch(fork_branch)
+        project.dvc.checkout()
+        result.switched = True
+        _mirror(project, name, progress)
+        if run:
+            result.run = advance(
+                project, name, lock=lock, target=budget, progress=progress, echo=echo,
+                signature=sig,
+            )
+    return result
+
+
+def _mirror(project: Project, name: str, progress: Progress) -> None:
+    """The fork's MLflow run: lineage tags, note, params and the inherited metric points."""
+    from .run import Event
+
+    mirror = track.Mirror(
+        project,
+        track.tracking_uri(project, lineage.tip(project, name)),
+        on_warning=lambda message: progress(Event("warning", name, message=message)),
+    )
+    mirror.send(track.full_write(project, name))
