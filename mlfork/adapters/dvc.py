@@ -176,6 +176,19 @@ class DvcProject:
                 deps[dep["path"]] = {k: v for k, v in dep.items() if k != "path"}
         return deps
 
+    def data_sources(self) -> dict[str, dict[str, Any]]:
+        """`path -> {md5, size}` of every file tracked by a .dvc file (from the .dvc files:
+        the hashes DVC already holds, nothing is read)."""
+        self.reset()
+        found: dict[str, dict[str, Any]] = {}
+        for stage in self.repo.index.stages:
+            if not stage.is_data_source:
+                continue
+            for out in stage.outs:
+                rel = os.path.relpath(out.fs_path, self.root)
+                found[rel] = {"md5": out.hash_info.value, "size": out.meta.size}
+        return found
+
     def status(self) -> dict[str, Any]:
         self.reset()
         return dict(self.repo.status())

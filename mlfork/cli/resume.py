@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ._options import iterations_option, json_option, runtime_options, verbose
@@ -37,6 +39,7 @@ def command(
             stage_timeout=stage_timeout,
             progress=view,
             echo=verbose(ctx),
+            argv=["mlfork", *sys.argv[1:]],
         )
     if as_json:
         emit_json(result.to_dict())

@@ -284,7 +284,7 @@ def branch(
         if run:
             result.run = advance(
                 project, name, lock=lock, target=budget, progress=progress, echo=echo,
-                signature=sig,
+                signature=sig, argv=argv,
             )
     return result
 

@@ -139,7 +139,9 @@ def start(
         except BaseException:
             _undo_start(project, branch, head, previous_branch)
             raise
-        return advance(project, name, lock=lock, target=budget, progress=progress, echo=echo)
+        return advance(
+            project, name, lock=lock, target=budget, progress=progress, echo=echo, argv=argv
+        )
 
 
 def resume(
@@ -152,6 +154,7 @@ def resume(
     progress: Progress = _quiet,
     echo: bool = False,
     run_cache: bool = True,
+    argv: Sequence[str] = (),
 ) -> RunResult:
     """Continue a run up to its budget (or `iterations` more), from its first uncommitted stage."""
     project = Project.open(path)
@@ -177,6 +180,7 @@ def resume(
             stage_timeout=stage_timeout,
             run_cache=run_cache,
             signature=sig,
+            argv=argv,
         )
 
 
@@ -192,6 +196,7 @@ def advance(
     stage_timeout: float | None = None,
     run_cache: bool = True,
     signature: Any = None,
+    argv: Sequence[str] = (),
 ) -> RunResult:
     """Run stages of `name` (checked out) until `target` iterations are complete."""
     from ..adapters import hydra
@@ -279,6 +284,9 @@ def advance(
                 except StageCommandFailed as exc:
                     _fail(project, mirror, experiment, name, exc, it, timeout, stage_timeout,
                           deadline)
+                if stage == stages[-1]:
+                    _write_manifest(project, rec, policy, it, env, argv, rev, mirror.uri,
+                                    resume_input)
                 body = f"stage {stage} " + (
                     f"ran in {outcome.seconds:.2f}s" if outcome.ran else "was up to date"
                 )
@@ -324,6 +332,44 @@ def advance(
     result.tip = rev
     result.headline, result.headline_value = lineage.headline_at(project, rev)
     return result
+
+
+def _write_manifest(
+    project: Project,
+    rec: RunRecord,
+    policy: Any,
+    iteration: int,
+    env: dict[str, str],
+    argv: Sequence[str],
+    code_commit: str,
+    uri: str,
+    resume_input: str | None,
+) -> None:
+    """.mlfork/replay.json for this iteration, committed with its last stage."""
+    import yaml
+
+    from ..adapters.tracking import redact_uri
+    from . import manifest
+
+    root = project.root
+    config = yaml.safe_load((root / naming.PARAMS_FILE).read_text(encoding="utf-8")) or {}
+    lock = root / "dvc.lock"
+    params, outs = manifest.dvc_yaml_shape((root / "dvc.yaml").read_bytes())
+    exclude = tuple(p for p in (resume_input, policy.checkpoint_output) if p)
+    data = manifest.datasets(
+        root, config, policy.locked, lock.read_bytes() if lock.exists() else None,
+        project.dvc.data_sources(), params, outs, exclude=exclude,
+        cache=manifest.HashCache(project.local("hashes.json")),
+    )
+    embedded = uri.startswith("sqlite:///") and uri.endswith(naming.TRACKING_DB)
+    doc = manifest.build(
+        rec=rec, iteration=iteration, argv=list(argv or rec.argv), config=config,
+        pythonhashseed=env.get("PYTHONHASHSEED", ""), data=data, code_commit=code_commit,
+        tracking="embedded" if embedded else redact_uri(uri), created=now_iso(),
+    )
+    path = root / naming.REPLAY_MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(manifest.dumps(doc), encoding="utf-8")
 
 
 def _fail(
