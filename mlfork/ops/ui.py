@@ -1,0 +1,63 @@
+"""`mlfork ui`: the MLflow UI on 127.0.0.1, pointed at the project's tracking store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..adapters.tracking import redact_uri
+from ..errors import UsageError
+from . import track
+from .project import Project
+
+
+@dataclass
+class UiPlan:
+    """What to start (argv, env additions) and where it will answer."""
+
+    url: str
+    uri: str
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    experiment: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
+    """The `mlflow server` command for the project's store (only for a local store: a remote
+    tracking server already has its UI, whose address is returned with an empty argv)."""
+    project = Project.open(path, require_dvc=False)
+    head = project.git.head_commit()
+    uri = track.tracking_uri(project, head)
+    experiment = track.experiment_name(project, head) if head else project.root.name
+    if not uri.startswith("sqlite:///"):
+        if uri.startswith(("http://", "https://")):
+            return UiPlan(url=redact_uri(uri), uri=redact_uri(uri), experiment=experiment)
+        raise UsageError(f"cannot serve tracking URI {redact_uri(uri)}: use a sqlite:/// store")
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    port = port or 5000
+    artifacts = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    argv = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--default-artifact-root", artifacts,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]
+    # the job runner is not needed to browse runs, and costs processes and memory
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return UiPlan(url=f"http://127.0.0.1:{port}", uri=redact_uri(uri), argv=argv, env=env,
+                  experiment=experiment)
