@@ -139,6 +139,18 @@ class GitRepo:
             return False
         return True
 
+    def subdirs(self, rev: str, path: str) -> list[str]:
+        """Names of the folders directly inside `path` at `rev` ([] if there is none)."""
+        commit = self._repo.get(rev)
+        try:
+            entry = commit.peel(pygit2.Tree)[path] if commit is not None else None
+        except KeyError:
+            return []
+        tree = self._repo.get(entry.id) if entry is not None else None
+        if not isinstance(tree, pygit2.Tree):
+            return []
+        return sorted(e.name for e in tree if e.type == pygit2.enums.ObjectType.TREE)
+
     def export_dir(self, rev: str, path: str, dest: Path) -> bool:
         """Write the folder `path` as of `rev` into `dest`; False if it does not exist there."""
         commit = self._repo.get(rev)

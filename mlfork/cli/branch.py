@@ -58,10 +58,14 @@ def command(ctx: click.Context, source: str | None, from_iteration: int | None,
     if as_json:
         emit_json(result.to_dict())
     else:
+        plan = (
+            f"it runs iterations {result.start_iteration} to {result.budget - 1}"
+            if result.budget > result.start_iteration
+            else "it has no iteration left to run: give --iterations K to add some"
+        )
         click.echo(
             f"forked '{result.name}' from {result.fork_run} at iteration"
-            f" {result.fork_iteration} {result.fork_step} ({result.fork_commit[:10]});"
-            f" it runs iterations {result.start_iteration} to {result.budget - 1}"
+            f" {result.fork_iteration} {result.fork_step} ({result.fork_commit[:10]}); {plan}"
         )
     if result.run is not None:
         render_run_result(result.run)

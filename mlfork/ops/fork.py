@@ -9,6 +9,7 @@ object database: the workspace is not touched), the switch, and the MLflow run l
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from ..errors import LockedKeyError, NotFound, OverrideError, UsageError
 from ..models import Checkpoint, ParentRef, RunRecord, RunResult
 from . import lineage, track
 from .project import Project, record_text
-from .run import Progress, _quiet, advance, check_new_name, next_free_name, now_iso
+from .run import Progress, _options, _quiet, advance, check_new_name, next_free_name, now_iso
 
 
 @dataclass
@@ -124,14 +125,19 @@ def resolve_overrides(
     relative: Sequence[str],
     not_inherited: Sequence[str],
     completed: int,
+    groups: Sequence[str] = (),
 ) -> tuple[list[str], list[str], int | None]:
     """(cumulative overrides, the fork's own overrides as recorded, iterations from an
     `iterations=K` override). Relative keys count from the fork point; not-inherited keys
-    are dropped from the parent's list."""
+    are dropped from the parent's list, and so are the parent's overrides inside a config
+    group the fork switches (`model=mlp` drops an inherited `model.lr=...`: it was set for
+    the old group's model)."""
     from ..adapters import hydra
 
     parsed = hydra.parse_overrides(list(own))
-    kept = [o for o in inherited if not any(_touches(_key_of(o), k) for k in not_inherited)]
+    switched = {ov.key for ov in parsed if ov.key in groups and ov.kind != "delete"}
+    dropped = (*not_inherited, *switched)
+    kept = [o for o in inherited if not any(_touches(_key_of(o), k) for k in dropped)]
     own_out: list[str] = []
     iterations = None
     for ov in parsed:
@@ -170,8 +176,15 @@ def branch(
     argv: Sequence[str] = (),
     progress: Progress = _quiet,
     echo: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> ForkResult:
-    """Fork a run at a checkpoint into the new run `name` (see DESIGN.md section 5)."""
+    """Fork a run at a checkpoint into the new run `name` (see DESIGN.md section 5).
+
+    `timings`, if given, receives the seconds of the git, DVC and config work up to the
+    MLflow write (`git_dvc`: validation, the branch and its commit, the switch) and of the
+    MLflow write (`mlflow`); bench/fork.py reads them. The fork's own run (`run=True`) is
+    not timed."""
+    started = time.perf_counter()
     project = Project.open(path)
     git = project.git
     sig = git.signature()
@@ -198,7 +211,8 @@ def branch(
     policy = project.policy(cp.commit)
     completed = cp.iteration + 1 if cp.step == stages[-1] else cp.iteration
     cumulative, own, k = resolve_overrides(
-        parent_rec.overrides, overrides, policy.relative, policy.not_inherited, completed
+        parent_rec.overrides, overrides, policy.relative, policy.not_inherited, completed,
+        groups=project.config_groups(cp.commit),
     )
     k = iterations if iterations is not None else k
     budget = completed + k if k is not None else src_rec.iterations
@@ -223,7 +237,7 @@ def branch(
         overrides=cumulative,
         own_overrides=own,
         parent=parent,
-        options={"timeout": timeout, "stage_timeout": stage_timeout},
+        options=_options(fork_cfg, timeout, stage_timeout),  # own overrides count, as in run
         tags=all_tags,
         argv=list(argv),
         created=now_iso(),
@@ -231,6 +245,11 @@ def branch(
         stages=stages,
     )
     from ..adapters import hydra
+    from . import manifest  # the parent's manifest was made in another environment: warn
+    from .run import Event
+
+    for message in manifest.drift_warnings(git.read(cp.commit, naming.REPLAY_MANIFEST)):
+        progress(Event("warning", name, message=message))
 
     fork_branch = naming.branch_name(name)
     git.create_branch(fork_branch, cp.commit)  # the race is decided here
@@ -269,7 +288,7 @@ def branch(
         commit=commit,
     )
     if not switch:
-        _mirror(project, name, progress)
+        _mirror(project, name, progress, timings, started)
         return result
     with ExitStack() as stack:
         try:
@@ -280,7 +299,7 @@ def branch(
         git.switch(fork_branch)
         project.dvc.checkout()
         result.switched = True
-        _mirror(project, name, progress)
+        _mirror(project, name, progress, timings, started)
         if run:
             result.run = advance(
                 project, name, lock=lock, target=budget, progress=progress, echo=echo,
@@ -289,9 +308,19 @@ def branch(
     return result
 
 
-def _mirror(project: Project, name: str, progress: Progress) -> None:
+def _mirror(
+    project: Project,
+    name: str,
+    progress: Progress,
+    timings: dict[str, float] | None = None,
+    started: float = 0.0,
+) -> None:
     """The fork's MLflow run: lineage tags, note, params and the inherited metric points."""
     from .run import Event
+
+    if timings is not None:
+        timings["git_dvc"] = time.perf_counter() - started
+        started = time.perf_counter()
 
     mirror = track.Mirror(
         project,
@@ -299,3 +328,5 @@ def _mirror(project: Project, name: str, progress: Progress) -> None:
         on_warning=lambda message: progress(Event("warning", name, message=message)),
     )
     mirror.send(track.full_write(project, name))
+    if timings is not None:
+        timings["mlflow"] = time.perf_counter() - started

@@ -67,6 +67,10 @@ class Project:
             raise MalformedFile(path, "expected a mapping at the top")
         return loaded
 
+    def config_groups(self, rev: str) -> list[str]:
+        """The Hydra config groups (folders of conf/) at `rev`."""
+        return self.git.subdirs(rev, naming.CONF_DIR)
+
     def policy(self, rev: str) -> Policy:
         return Policy.from_config(self.raw_root_config(rev).get("mlfork"))
 

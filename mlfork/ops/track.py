@@ -104,11 +104,12 @@ def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
                 naming.TAG_INHERITED_UNTIL: str(p.iteration if at_end else p.iteration - 1),
             }
         )
-    tags[naming.TAG_NOTE] = note(rec, chain)
+    locked = project.policy(rec.parent.commit).locked if rec.parent is not None else ()
+    tags[naming.TAG_NOTE] = note(rec, chain, locked)
     return tags
 
 
-def note(rec: RunRecord, chain: list[dict[str, Any]]) -> str:
+def note(rec: RunRecord, chain: list[dict[str, Any]], locked: Iterable[str] = ()) -> str:
     """The Markdown the MLflow UI shows on the run's page."""
     lines = [f"**mlfork run `{rec.name}`** on branch `{naming.branch_name(rec.name)}`", ""]
     if rec.parent is not None:
@@ -120,6 +121,9 @@ def note(rec: RunRecord, chain: list[dict[str, Any]]) -> str:
             "Lineage: " + " → ".join(f"`{c['run']}`" for c in chain),
             "",
             "Own overrides: " + (" ".join(f"`{o}`" for o in rec.own_overrides) or "none"),
+            "",
+            "Locked keys (kept for comparability across the lineage): "
+            + (" ".join(f"`{k}`" for k in locked) or "none"),
         ]
     else:
         lines.append("Root run. Overrides: " + (" ".join(f"`{o}`" for o in rec.overrides) or "none"))
