@@ -230,8 +230,16 @@ class DvcProject:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.reset()
         if source is None:
+            import logging
+
             path.write_bytes(b"")
-            self.repo.add([str(path)])
+            dvc_logger = logging.getLogger("dvc")
+            level = dvc_logger.level
+            dvc_logger.setLevel(logging.ERROR)  # "'models/resume' is empty": that is the point
+            try:
+                self.repo.add([str(path)])
+            finally:
+                dvc_logger.setLevel(level)
             return
         entry = {k: source[k] for k in ("md5", "size", "hash") if k in source}
         entry["path"] = path.name
@@ -267,7 +275,7 @@ class DvcProject:
         tail: collections.deque[str] = collections.deque(maxlen=20)
         watchdog = _Watchdog(deadline, on_children)
         try:
-            with _capture_fds(log_path, tail, echo), watchdog:
+            with _cwd(self.root), _capture_fds(log_path, tail, echo), watchdog:
                 result = self.repo.reproduce(
                     name, single_item=True, run_cache=run_cache, run_env=env
                 )
@@ -331,6 +339,18 @@ class _Watchdog:
                         child.kill()
                     except psutil.Error:
                         pass
+
+
+@contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    """DVC's Python API resolves stage names and stage-cache paths against the process's
+    working directory (its CLI always runs inside the repository): work from the root."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @contextmanager

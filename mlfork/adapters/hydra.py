@@ -116,8 +116,10 @@ def _composition_error(exc: Exception, overrides: list[str], compose_plain: Any)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = str(exc).strip().split("Config search path:")[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 2 and lines[1].endswith(":"):  # "Available options in 'model':", one a line
+        return f"{lines[0]} {lines[1]} {', '.join(lines[2:])}"
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 

@@ -39,10 +39,13 @@ class Position:
 
 
 def run_names(project: Project) -> list[str]:
+    """Runs: `mlfork/<name>` branches whose tip has a run record (another branch under
+    mlfork/ is not a run, though its name stays taken)."""
     names = []
     for branch in project.git.branches(naming.BRANCH_PREFIX):
         name = naming.run_from_ref(branch)
-        if name:
+        tip_commit = project.git.resolve_branch(branch) if name else None
+        if name and tip_commit and project.git.has_path(tip_commit, naming.RUN_RECORD):
             names.append(name)
     return names
 

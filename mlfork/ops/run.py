@@ -105,12 +105,13 @@ def start(
     overrides = list(overrides)
     hydra.parse_overrides(overrides)
     previous_branch = project.git.head_branch()
+    # validate before the first write (taking the lock creates .mlfork/local/)
+    stages = project.dvc.stage_names()
+    if not stages:
+        raise ConfigError("dvc.yaml has no stages: add the pipeline's stages first")
+    config = project.compose(head, overrides, head, 0, iterations or 1)
 
     with project.lock(name, "run") as lock:
-        stages = project.dvc.stage_names()
-        if not stages:
-            raise ConfigError("dvc.yaml has no stages: add the pipeline's stages first")
-        config = project.compose(head, overrides, head, 0, iterations or 1)
         budget = iterations or _int_or(config.get("iterations"), 1)
         record = RunRecord(
             name=name,
@@ -155,6 +156,7 @@ def resume(
     echo: bool = False,
     run_cache: bool = True,
     argv: Sequence[str] = (),
+    pythonhashseed: str | None = None,
 ) -> RunResult:
     """Continue a run up to its budget (or `iterations` more), from its first uncommitted stage."""
     project = Project.open(path)
@@ -169,6 +171,10 @@ def resume(
         rec = lineage.record(project, name, rev)
         done = lineage.position(project, rev).done(rec.stages)
         target = rec.iterations if iterations is None else done + iterations
+        from . import manifest  # the environment differs from the run's last manifest's: warn
+
+        for message in manifest.drift_warnings(project.git.read(rev, naming.REPLAY_MANIFEST)):
+            progress(Event("warning", name, message=message))
         return advance(
             project,
             name,
@@ -181,6 +187,7 @@ def resume(
             run_cache=run_cache,
             signature=sig,
             argv=argv,
+            pythonhashseed=pythonhashseed,
         )
 
 
@@ -197,8 +204,11 @@ def advance(
     run_cache: bool = True,
     signature: Any = None,
     argv: Sequence[str] = (),
+    pythonhashseed: str | None = None,
 ) -> RunResult:
-    """Run stages of `name` (checked out) until `target` iterations are complete."""
+    """Run stages of `name` (checked out) until `target` iterations are complete.
+    `pythonhashseed` (a replay re-applying a manifest's seed bundle) overrides the
+    PYTHONHASHSEED derived from the config's seed."""
     from ..adapters import hydra
     from ..adapters.dvc import DvcProject, StageCommandFailed
 
@@ -253,7 +263,7 @@ def advance(
                 (project.root / naming.PARAMS_FILE).write_text(
                     hydra.to_yaml(config), encoding="utf-8"
                 )
-                env["PYTHONHASHSEED"] = str(_int_or(config.get("seed"), 0))
+                env["PYTHONHASHSEED"] = pythonhashseed or str(_int_or(config.get("seed"), 0))
                 if resume_input and policy.checkpoint_output:
                     source = None
                     if it > 0:
@@ -268,8 +278,11 @@ def advance(
             for stage in stages[si:]:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
+                    project.write_state(name, "timeout")
+                    _send_status(mirror, experiment, rec, "KILLED")
                     raise RunTimeout(name, "run", float(timeout or 0))
-                limits = [d for d in (deadline, now + float(stage_timeout or 0)) if d]
+                stage_deadline = now + float(stage_timeout) if stage_timeout else None
+                limits = [d for d in (deadline, stage_deadline) if d is not None]
                 progress(Event("stage_start", name, iteration=it, budget=target, stage=stage))
                 try:
                     outcome = dvc.run_stage(
@@ -356,9 +369,10 @@ def _write_manifest(
     lock = root / "dvc.lock"
     params, outs = manifest.dvc_yaml_shape((root / "dvc.yaml").read_bytes())
     exclude = tuple(p for p in (resume_input, policy.checkpoint_output) if p)
+    lock_text = lock.read_bytes() if lock.exists() else None
     data = manifest.datasets(
-        root, config, policy.locked, lock.read_bytes() if lock.exists() else None,
-        project.dvc.data_sources(), params, outs, exclude=exclude,
+        root, config, policy.locked, lock_text,
+        manifest.data_sources(root, lock_text), params, outs, exclude=exclude,
         cache=manifest.HashCache(project.local("hashes.json")),
     )
     embedded = uri.startswith("sqlite:///") and uri.endswith(naming.TRACKING_DB)
