@@ -42,7 +42,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python bench/iteration_overhead.py
+	for b in bench/iteration_overhead.py bench/fork.py bench/stitch.py bench/manifest.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

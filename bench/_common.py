@@ -1,0 +1,213 @@
+"""Shared helpers of the benchmarks: an isolated environment, timed subprocesses, tables.
+
+Every benchmark works in a temporary folder that it deletes at the end, runs the real CLIs
+(`mlfork`, `dvc`, `git`) as subprocesses with this interpreter's bin folder first on PATH, and
+is isolated from the machine: HOME, git identity and config, DVC's config and site-cache
+folders, no MLflow tracking URI from the caller. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = str(Path(sys.executable).parent)
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "mlfork bench",
+    "GIT_AUTHOR_EMAIL": "bench@mlfork.invalid",
+    "GIT_COMMITTER_NAME": "mlfork bench",
+    "GIT_COMMITTER_EMAIL": "bench@mlfork.invalid",
+}
+
+
+def bench_env(tmp: Path) -> dict[str, str]:
+    """The environment of every subprocess: isolated from the caller's HOME and config."""
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    gitconfig = home / ".gitconfig"
+    gitconfig.write_text("[init]\n\tdefaultBranch = main\n", encoding="utf-8")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GIT_", "DVC_", "MLFLOW_")) and k not in ("VIRTUAL_ENV", "PYTHONPATH")
+    }
+    env.update(IDENTITY)
+    env.update(
+        {
+            "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": str(gitconfig),
+            "DVC_NO_ANALYTICS": "1",
+            "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
+            "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
+            "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
+            "LC_ALL": "C.UTF-8",
+        }
+    )
+    return env
+
+
+@contextmanager
+def workdir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A temporary folder, deleted afterwards (unless `keep`)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"(kept {tmp})", file=sys.stderr)
+        else:
+            _rmtree(tmp)
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func, p, _exc):  # DVC's cache files are read-only
+        try:
+            os.chmod(p, 0o700)
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def rmtree(path: Path) -> None:
+    _rmtree(path)
+
+
+def run(
+    args: Sequence[str], *, cwd: Path, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(args), cwd=cwd, env=env, text=True, capture_output=True
+    )
+    if check and proc.returncode != 0:
+        raise SystemExit(
+            f"bench: `{' '.join(args)}` failed with exit code {proc.returncode} in {cwd}\n"
+            f"{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def timed(args: Sequence[str], *, cwd: Path, env: dict[str, str]) -> float:
+    """Wall time of one subprocess, in seconds (it must succeed)."""
+    start = time.perf_counter()
+    run(args, cwd=cwd, env=env)
+    return time.perf_counter() - start
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def copy_tree(src: Path, dest: Path) -> Path:
+    """Copy a project keeping hard links between its files (outputs linked to the DVC cache
+    stay linked), as a fresh `mlfork init` would have them."""
+    linked: dict[tuple[int, int], str] = {}
+
+    def copy(s: str, d: str) -> str:
+        st = os.lstat(s)
+        if st.st_nlink > 1:
+            first = linked.setdefault((st.st_dev, st.st_ino), d)
+            if first != d:
+                os.link(first, d)
+                return d
+        return shutil.copy2(s, d)
+
+    shutil.copytree(src, dest, symlinks=True, copy_function=copy)
+    return dest
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes allocated (st_blocks * 512) under `roots`, each inode counted once (hard links
+    between the workspace and the DVC cache are not counted twice)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in (*dirnames, *filenames):
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+                total += st.st_blocks * 512
+    return total
+
+
+def create_tracking_store(db: Path, env: dict[str, str]) -> None:
+    """An empty embedded MLflow store at `db` with its schema migrations run, as the first
+    mlfork command in a project leaves it (benchmark setup, untimed)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import sys\n"
+        "from mlflow.tracking import MlflowClient\n"
+        "MlflowClient(tracking_uri='sqlite:///' + sys.argv[1]).search_experiments()\n"
+    )
+    run([sys.executable, "-c", code, str(db)], cwd=db.parent, env=env)
+
+
+def import_seconds(module: str, env: dict[str, str], cwd: Path, runs: int = 3) -> float:
+    """Median seconds to import `module` in a fresh interpreter (the import alone)."""
+    code = (
+        "import time\nt = time.perf_counter()\n"
+        f"import {module}\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    return median([
+        float(run([sys.executable, "-c", code], cwd=cwd, env=env).stdout.split()[-1])
+        for _ in range(runs)
+    ])
+
+
+def load_note() -> str:
+    """The machine's load: other processes slow every figure down."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} CPUs"
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.3f}" if seconds < 10 else f"{seconds:.2f}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        first, *rest = values
+        cols = [v.rjust(w) for v, w in zip(rest, widths[1:], strict=True)]
+        return "  ".join([first.ljust(widths[0]), *cols])
+
+    out = [line(list(headers)), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def verdict(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'}  {text}"
