@@ -240,6 +240,7 @@ def advance(
         project,
         track.tracking_uri(project, rev),
         on_warning=lambda message: progress(Event("warning", name, message=message)),
+        background=True,
     )
     experiment = track.experiment_name(project, rev)
     result = RunResult(name=name, status="running", done=0, budget=rec.iterations)
@@ -336,6 +337,7 @@ def advance(
         _send_status(mirror, experiment, rec, "KILLED")
         raise Interrupted(name) from None
     finally:
+        mirror.close()
         result.warnings.extend(mirror.warnings)
         project.close()
 

@@ -4,6 +4,8 @@ alone, and the outbox that keeps writes the store could not take."""
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -204,14 +206,21 @@ def run_params(project: Project, rev: str) -> dict[str, str]:
 @dataclass
 class Mirror:
     """Delivers RunWrites; once the store fails, every later write of this process waits in
-    the outbox (one warning, no stalls), and `mlfork sync` delivers them."""
+    the outbox (one warning, no stalls), and `mlfork sync` delivers them.
+
+    With `background=True` the writes go through one worker thread, in order, so that a run
+    does not wait for MLflow (its import and store set-up take seconds) before its first
+    stage: the stages run as subprocesses meanwhile. `close()` waits for the last write."""
 
     project: Project
     uri: str
     on_warning: Callable[[str], None] | None = None
+    background: bool = False
     warnings: list[str] = field(default_factory=list)
     _tracker: Tracker | None = None
     _down: bool = False
+    _queue: queue.Queue[RunWrite | None] | None = None
+    _worker: threading.Thread | None = None
 
     @property
     def tracker(self) -> Tracker:
@@ -220,13 +229,38 @@ class Mirror:
         return self._tracker
 
     def send(self, write: RunWrite) -> bool:
+        """Deliver (or queue, in the background mode) one write; False if it was parked."""
+        if not self.background:
+            return self._deliver(write)
+        if self._worker is None:
+            self._queue = queue.Queue()
+            self._worker = threading.Thread(target=self._drain, name="mlfork-mirror", daemon=True)
+            self._worker.start()
+        assert self._queue is not None
+        self._queue.put(write)
+        return True
+
+    def close(self) -> None:
+        if self._worker is not None and self._queue is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (write := self._queue.get()) is not None:
+            self._deliver(write)
+
+    def _deliver(self, write: RunWrite) -> bool:
         if not self._down:
             try:
                 flush(self.project, self.tracker)
                 self.tracker.write(write)
                 return True
-            except TrackingError as exc:
+            except Exception as exc:  # TrackingError, or MLflow failing to even import
                 self._down = True
+                if not isinstance(exc, TrackingError):
+                    exc = TrackingError(f"the tracking store could not be used: {exc!r}")
                 message = (
                     f"{exc}; the iteration is committed and its tracking write waits in the"
                     " outbox: run 'mlfork sync' when the store is back"
