@@ -74,6 +74,13 @@ class GitRepo:
             raise NoGitIdentity()
         return pygit2.Signature(name, email)
 
+    def _now(self, signature: pygit2.Signature | None) -> pygit2.Signature:
+        """The identity of `signature` (checked once per command), timed now: every commit
+        carries the time it was made."""
+        if signature is None:
+            return self.signature()
+        return pygit2.Signature(signature.name, signature.email)
+
     # -- reading ------------------------------------------------------------------------------
 
     def head_branch(self) -> str | None:
@@ -267,7 +274,7 @@ class GitRepo:
         The branch moves only if it still points at `parent` (compare-and-swap). An unchanged
         tree still makes a commit: every checkpoint has one.
         """
-        sig = signature or self.signature()
+        sig = self._now(signature)
         index = self._repo.index
         index.read()
         for p in sorted(set(paths)):
@@ -304,7 +311,7 @@ class GitRepo:
 
         Used to write a fork's first commit when the workspace stays where it is.
         """
-        sig = signature or self.signature()
+        sig = self._now(signature)
         base = self._repo.get(parent).peel(pygit2.Tree)
         builder_index = pygit2.Index()
         builder_index.read_tree(base)
