@@ -241,7 +241,7 @@ class DvcProject:
             finally:
                 dvc_logger.setLevel(level)
             return
-        entry = {k: source[k] for k in ("md5", "size", "hash") if k in source}
+        entry: dict[str, Any] = {k: source[k] for k in ("md5", "size", "hash") if k in source}
         entry["path"] = path.name
         dvcfile.write_text(yaml.safe_dump({"outs": [entry]}, sort_keys=False), encoding="utf-8")
         self.reset()

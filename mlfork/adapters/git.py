@@ -124,8 +124,8 @@ class GitRepo:
         for c in walker:
             yield self._to_commit(c)
 
-    def read(self, rev: str, path: str) -> bytes | None:
-        """A file's bytes at a commit, or None if the commit has no such file."""
+    def _object_at(self, rev: str, path: str) -> pygit2.Object | None:
+        """The blob or tree at `path` in commit `rev`, or None."""
         commit = self._repo.get(rev)
         if commit is None:
             return None
@@ -133,51 +133,40 @@ class GitRepo:
             entry = commit.peel(pygit2.Tree)[path]
         except KeyError:
             return None
-        blob = self._repo.get(entry.id)
+        return self._repo.get(entry.id)
+
+    def read(self, rev: str, path: str) -> bytes | None:
+        """A file's bytes at a commit, or None if the commit has no such file."""
+        blob = self._object_at(rev, path)
         return blob.data if isinstance(blob, pygit2.Blob) else None
 
     def has_path(self, rev: str, path: str) -> bool:
-        commit = self._repo.get(rev)
-        if commit is None:
-            return False
-        try:
-            commit.peel(pygit2.Tree)[path]
-        except KeyError:
-            return False
-        return True
+        return self._object_at(rev, path) is not None
 
     def subdirs(self, rev: str, path: str) -> list[str]:
         """Names of the folders directly inside `path` at `rev` ([] if there is none)."""
-        commit = self._repo.get(rev)
-        try:
-            entry = commit.peel(pygit2.Tree)[path] if commit is not None else None
-        except KeyError:
-            return []
-        tree = self._repo.get(entry.id) if entry is not None else None
+        tree = self._object_at(rev, path)
         if not isinstance(tree, pygit2.Tree):
             return []
-        return sorted(e.name for e in tree if e.type == pygit2.enums.ObjectType.TREE)
+        return sorted(str(e.name) for e in tree if e.type == pygit2.enums.ObjectType.TREE)
 
     def export_dir(self, rev: str, path: str, dest: Path) -> bool:
         """Write the folder `path` as of `rev` into `dest`; False if it does not exist there."""
-        commit = self._repo.get(rev)
-        try:
-            tree = commit.peel(pygit2.Tree)[path] if commit is not None else None
-        except KeyError:
+        tree = self._object_at(rev, path)
+        if not isinstance(tree, pygit2.Tree):
             return False
-        if tree is None or tree.type != pygit2.enums.ObjectType.TREE:
-            return False
-        self._export_tree(self._repo.get(tree.id), dest)
+        self._export_tree(tree, dest)
         return True
 
     def _export_tree(self, tree: pygit2.Tree, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         for entry in tree:
             obj = self._repo.get(entry.id)
+            name = str(entry.name)
             if isinstance(obj, pygit2.Tree):
-                self._export_tree(obj, dest / entry.name)
+                self._export_tree(obj, dest / name)
             elif isinstance(obj, pygit2.Blob):
-                (dest / entry.name).write_bytes(obj.data)
+                (dest / name).write_bytes(obj.data)
 
     def dirty_paths(self, ignore: Iterable[str] = ()) -> list[str]:
         """Changed, staged and untracked paths (git-ignored ones excluded), sorted."""
@@ -312,7 +301,10 @@ class GitRepo:
         Used to write a fork's first commit when the workspace stays where it is.
         """
         sig = self._now(signature)
-        base = self._repo.get(parent).peel(pygit2.Tree)
+        parent_commit = self._repo.get(parent)
+        if parent_commit is None:
+            raise MlforkError(f"commit {parent} not found in the repository")
+        base = parent_commit.peel(pygit2.Tree)
         builder_index = pygit2.Index()
         builder_index.read_tree(base)
         for path, data in files.items():

@@ -72,9 +72,11 @@ def compose(conf_dir: Path, overrides: list[str], config_name: str = "config") -
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         data = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise _composition_error(exc, overrides, lambda: compose(conf_dir, [], config_name))
+        raise _composition_error(
+            exc, overrides, lambda: compose(conf_dir, [], config_name)
+        ) from exc
     assert isinstance(data, dict)
-    return data
+    return {str(k): v for k, v in data.items()}
 
 
 def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise OverrideError(text, _first_line(exc)) from exc
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    return data
+    return {str(k): v for k, v in data.items()}
 
 
 def _composition_error(exc: Exception, overrides: list[str], compose_plain: Any) -> Exception:
