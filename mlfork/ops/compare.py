@@ -1,0 +1,759 @@
+"""Compare runs: stitched metric series (`mlfork metrics`), the tree of forks (`mlfork tree`)
+and the difference between two runs (`mlfork diff`).
+
+A stitched series follows a run's lineage, root first: each ancestor's points up to the fork
+point of the next run, then the run's own. The lineage comes from git (the run records), or,
+without a project (`stitch`), from the `mlfork.lineage` tags; the points come from the
+tracking store in one bulk read (adapters.tracking.HistoryReader), or from git itself
+(`source="git"`: the DVC metrics files at each end-of-iteration checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .. import naming
+from ..errors import NotFound, TrackingError, UsageError
+from ..models import Checkpoint, RunInfo
+from . import lineage, track
+from .project import Project
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..adapters.tracking import HistoryReader, IndexedRun, PointSegment
+
+Mode = Literal["stitched", "own"]
+Source = Literal["auto", "tracking", "git"]
+COLUMNS = ["run", "owner", "iteration", "metric", "value", "inherited"]
+LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse")
+
+
+class NotIndexed(NotFound):
+    """A run of the lineage is missing from the tracking store."""
+
+    def __init__(self, run: str, uri: str) -> None:
+        from ..adapters.tracking import redact_uri
+
+        super().__init__(
+            f"run '{run}' is not in the tracking store {redact_uri(uri)}: run 'mlfork sync'"
+            " to index it (or read from git with --source git)"
+        )
+        self.run = run
+
+
+# -- lineage -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """One run of a lineage (root first). `until` is the last iteration whose points it
+    inherits from the previous link (None for the root); `iteration`/`step` is its fork
+    point on the previous link."""
+
+    run: str
+    until: int | None = None
+    iteration: int | None = None
+    step: str | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The points one run contributes to a stitched series: first <= iteration <= last."""
+
+    owner: str
+    first: int | None
+    last: int | None
+
+
+def inherited_until(iteration: int, step: str, stages: Sequence[str]) -> int:
+    """A fork after the last stage of iteration N inherits 0..N; one inside iteration N
+    inherits 0..N-1 (the tag `mlfork.inherited_until`)."""
+    return iteration if stages and step == stages[-1] else iteration - 1
+
+
+def chain_from_git(project: Project, run: str) -> list[Link]:
+    """The lineage of `run`, root first, from the run records in git."""
+    rec = lineage.record(project, run)
+    links = [Link(run)]
+    seen = {run}
+    while rec.parent is not None and rec.parent.run not in seen:
+        p = rec.parent
+        links[0] = Link(
+            links[0].run, inherited_until(p.iteration, p.step, rec.stages), p.iteration, p.step
+        )
+        links.insert(0, Link(p.run))
+        seen.add(p.run)
+        parent_rec = project.read_record(p.commit)
+        if parent_rec is None or parent_rec.name != p.run:
+            break
+        rec = parent_rec
+    return links
+
+
+def chain_from_tags(index: dict[str, IndexedRun], run: str, uri: str = "") -> list[Link]:
+    """The lineage of `run`, root first, from the tracking store's tags: the `mlfork.lineage`
+    JSON of the run, and each fork's `mlfork.inherited_until`."""
+    if run not in index:
+        raise NotIndexed(run, uri)
+    names: list[tuple[str, int | None, str | None]] = []
+    try:
+        chain = json.loads(index[run].tags.get(naming.TAG_LINEAGE) or "")
+        names = [(str(c["run"]), c.get("iteration"), c.get("step")) for c in chain]
+    except (ValueError, TypeError, KeyError):
+        names = []
+    if not names or names[-1][0] != run:  # no (or a truncated) lineage tag: walk the parents
+        names = []
+        current: str | None = run
+        while current is not None and current not in {n for n, _, _ in names}:
+            tags = index[current].tags if current in index else {}
+            fork_it = tags.get(naming.TAG_FORK_ITERATION)
+            names.insert(
+                0,
+                (current, int(fork_it) if fork_it else None, tags.get(naming.TAG_FORK_STEP)),
+            )
+            current = tags.get(naming.TAG_PARENT_RUN)
+    links = []
+    for k, (name, iteration, step) in enumerate(names):
+        if k == 0:
+            links.append(Link(name))
+            continue
+        if name not in index:
+            raise NotIndexed(name, uri)
+        until_tag = index[name].tags.get(naming.TAG_INHERITED_UNTIL)
+        until = int(until_tag) if until_tag not in (None, "") else iteration
+        links.append(Link(name, until, iteration, step))
+    return links
+
+
+def segments(chain: Sequence[Link], mode: Mode = "stitched") -> list[Segment]:
+    """Which run owns which iterations of the stitched series (empty ranges dropped)."""
+    out = []
+    for k, link in enumerate(chain):
+        first = link.until + 1 if k > 0 and link.until is not None else None
+        last = chain[k + 1].until if k + 1 < len(chain) else None
+        if first is not None and last is not None and first > last:
+            continue
+        out.append(Segment(link.run, first, last))
+    return out[-1:] if mode == "own" else out
+
+
+# -- stitched metrics ------------------------------------------------------------------------
+
+
+def stitch(
+    uri: str,
+    experiment: str,
+    runs: Sequence[str],
+    *,
+    mode: Mode = "stitched",
+    metrics: Sequence[str] = (),
+    chains: dict[str, list[Link]] | None = None,
+    fast: bool = True,
+    reader: HistoryReader | None = None,
+) -> pd.DataFrame:
+    """Stitched (or own) metric series of `runs` from the tracking store alone: one read of
+    the experiment's lineage tags, one bulk read of the points. `chains` (from git) skips
+    the lineage tags; `fast=False` forces the public MLflow API path; `reader` reuses a
+    HistoryReader (and its MLflow client)."""
+    from ..adapters.tracking import HistoryReader, PointSegment
+
+    reader = reader or HistoryReader(uri, fast=fast)
+    index = reader.runs(experiment)
+    plan: list[tuple[str, str, Segment]] = []  # (requested run, run id, segment)
+    logged: set[str] = set()
+    for run in runs:
+        chain = chains[run] if chains and run in chains else chain_from_tags(index, run, uri)
+        for link in chain:
+            if link.run not in index:
+                raise NotIndexed(link.run, uri)
+            logged |= index[link.run].metric_keys
+        for seg in segments(chain, mode):
+            plan.append((run, index[seg.owner].run_id, seg))
+    wanted = check_metrics(metrics, logged, runs)
+    df = _frame(
+        reader,
+        [PointSegment(rid, s.first, s.last) for _, rid, s in plan],
+        sorted(wanted) if wanted is not None else None,
+        [(run, seg.owner) for run, _, seg in plan],
+        list(runs),
+    )
+    df.attrs.update(source="tracking", reader=reader.used)
+    return df
+
+
+def check_metrics(
+    metrics: Sequence[str], logged: set[str], runs: Sequence[str]
+) -> set[str] | None:
+    """The metric filter (None: every metric); a metric no run logged is NotFound."""
+    if not metrics:
+        return None
+    missing = [m for m in dict.fromkeys(metrics) if m not in logged]
+    if missing:
+        which = ", ".join(f"'{m}'" for m in missing)
+        known = ", ".join(sorted(logged)) or "none"
+        whose = "its" if len(runs) == 1 else "their"
+        raise NotFound(
+            f"metric {which} was not logged by {', '.join(runs)} or {whose} ancestors;"
+            f" metrics: {known}"
+        )
+    return set(metrics)
+
+
+def _frame(
+    reader: HistoryReader,
+    segs: list[PointSegment],
+    keys: list[str] | None,
+    seg_info: list[tuple[str, str]],
+    order: list[str],
+) -> pd.DataFrame:
+    """The points of `segs` [(requested run, owner) of each in `seg_info`] as a frame: one
+    row per (run, metric, iteration), sorted by run (as in `order`), metric, iteration.
+    Vectorised (a deep lineage has 100,000 points); where a step was logged twice, the
+    points are read again with their timestamps and the newest wins."""
+    import numpy as np
+    import pandas as pd
+
+    names, points = reader.points(segs, keys)
+    if not points:
+        return empty_frame()
+    rank_of = {r: i for i, r in enumerate(order)}
+    seg_rank = np.fromiter((rank_of[r] for r, _ in seg_info), dtype=np.int64, count=len(seg_info))
+
+    def columns(rows: list[tuple[Any, ...]]) -> list[Any]:
+        n = len(rows)
+        cols = list(zip(*rows, strict=True))
+        seg = np.fromiter(cols[0], dtype=np.int64, count=n)
+        out = [seg_rank[seg], np.fromiter(cols[1], dtype=np.int64, count=n),
+               np.fromiter(cols[2], dtype=np.int64, count=n), seg,
+               np.array(cols[3], dtype=np.float64)]  # None (NaN in the store) -> nan
+        if len(cols) > 4:
+            out.append(np.fromiter(cols[4], dtype=np.int64, count=n))
+        return out
+
+    rank, codes, steps, seg, values = columns(points)
+    idx = np.lexsort((steps, codes, rank))
+    rank, codes, steps, seg, values = rank[idx], codes[idx], steps[idx], seg[idx], values[idx]
+    repeated = (rank[1:] == rank[:-1]) & (codes[1:] == codes[:-1]) & (steps[1:] == steps[:-1])
+    if repeated.any():  # rare: read again with timestamps, keep the newest of each step
+        names, points = reader.points(segs, keys, stamps=True)
+        rank, codes, steps, seg, values, stamps = columns(points)
+        idx = np.lexsort((values, stamps, steps, codes, rank))
+        rank, codes, steps, seg, values = rank[idx], codes[idx], steps[idx], seg[idx], values[idx]
+        last = np.ones(len(idx), dtype=bool)
+        last[:-1] = (rank[1:] != rank[:-1]) | (codes[1:] != codes[:-1]) | (steps[1:] != steps[:-1])
+        codes, steps, seg, values = codes[last], steps[last], seg[last], values[last]
+    run_of = np.array([r for r, _ in seg_info], dtype=object)[seg]
+    owner_of = np.array([o for _, o in seg_info], dtype=object)[seg]
+    return pd.DataFrame(
+        {
+            "run": run_of,
+            "owner": owner_of,
+            "iteration": steps,
+            "metric": np.asarray(names, dtype=object)[codes],
+            "value": values,
+            "inherited": owner_of != run_of,
+        }
+    )
+
+
+def empty_frame() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "run": pd.Series(dtype=object),
+            "owner": pd.Series(dtype=object),
+            "iteration": pd.Series(dtype="int64"),
+            "metric": pd.Series(dtype=object),
+            "value": pd.Series(dtype="float64"),
+            "inherited": pd.Series(dtype=bool),
+        }
+    )
+
+
+def from_git(
+    project: Project, runs: Sequence[str], mode: Mode = "stitched", metrics: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The same frame read from git: the metrics files at each end-of-iteration checkpoint
+    (the truth the tracking store indexes)."""
+    import pandas as pd
+
+    rows: list[tuple[str, str, int, str, float, bool]] = []
+    logged: set[str] = set()
+    for run in runs:
+        rev = lineage.tip(project, run)
+        rec = lineage.record(project, run, rev)
+        cps = lineage.checkpoints(project, rev, with_metrics=True)
+        for it, cp in sorted(lineage.end_of_iteration(cps, rec.stages).items()):
+            logged |= set(cp.metrics)
+            if mode == "own" and cp.run != run:
+                continue
+            for key, value in cp.metrics.items():
+                rows.append((run, cp.run, it, key, value, cp.run != run))
+    wanted = check_metrics(metrics, logged, runs)
+    if wanted is not None:
+        rows = [r for r in rows if r[3] in wanted]
+    if not rows:
+        df = empty_frame()
+    else:
+        rank = {r: i for i, r in enumerate(runs)}
+        rows.sort(key=lambda r: (rank[r[0]], r[3], r[2]))
+        df = pd.DataFrame(rows, columns=COLUMNS)
+        df["iteration"] = df["iteration"].astype("int64")
+        df["value"] = df["value"].astype("float64")
+        df["inherited"] = df["inherited"].astype(bool)
+    df.attrs.update(source="git", reader="git")
+    return df
+
+
+def resolve_runs(project: Project, runs: str | Sequence[str | None] | None) -> list[str]:
+    """Names, branches or unique prefixes (None: the run checked out), without duplicates."""
+    if runs is None or isinstance(runs, str):
+        runs = [runs]
+    if not runs:
+        runs = [None]
+    return list(dict.fromkeys(lineage.resolve_run(project, r) for r in runs))
+
+
+def metrics(
+    path: str | os.PathLike[str] = ".",
+    runs: str | Sequence[str | None] | None = None,
+    *,
+    mode: Mode = "stitched",
+    metrics: Sequence[str] = (),
+    source: Source = "auto",
+    fast: bool = True,
+) -> pd.DataFrame:
+    """`mlfork metrics`: a DataFrame with columns run, owner, iteration, metric, value,
+    inherited; one row per (run, iteration, metric), sorted by run (as given), metric,
+    iteration.
+
+    `mode="stitched"`: each ancestor's points up to its fork point, then the run's own;
+    `mode="own"`: the run's own points only. `source="tracking"` reads the tracking store
+    (the lineage from git, the points in bulk; `fast=False` forces the public MLflow API
+    path); `"git"` reads the metrics files in git; `"auto"` reads the tracking store unless
+    it is unreachable, lacks a run, or is behind git (writes waiting in the outbox, another
+    last iteration), and then git. `df.attrs["source"]` says which was read."""
+    if mode not in ("stitched", "own"):
+        raise UsageError(f"mode must be 'stitched' or 'own', got {mode!r}")
+    if source not in ("auto", "tracking", "git"):
+        raise UsageError(f"source must be 'auto', 'tracking' or 'git', got {source!r}")
+    project = Project.open(path, require_dvc=False)
+    names = resolve_runs(project, runs)
+    if source == "git":
+        return from_git(project, names, mode, metrics)
+    chains = {name: chain_from_git(project, name) for name in names}
+    try:
+        if source == "auto" and track.pending(project):
+            raise _Behind("tracking writes wait in the outbox")
+        df = _from_store(project, names, chains, mode, metrics, fast)
+        if source == "auto":
+            _check_current(project, names, df)
+        return df
+    except (TrackingError, NotIndexed, _Behind) as exc:
+        if source == "tracking":
+            raise
+        df = from_git(project, names, mode, metrics)
+        df.attrs["note"] = f"read from git: {exc}"
+        return df
+
+
+class _Behind(Exception):
+    pass
+
+
+def _from_store(
+    project: Project,
+    names: list[str],
+    chains: dict[str, list[Link]],
+    mode: Mode,
+    metrics: Sequence[str],
+    fast: bool,
+) -> pd.DataFrame:
+    import pandas as pd
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        rev = lineage.tip(project, name)
+        key = (track.tracking_uri(project, rev), track.experiment_name(project, rev))
+        groups.setdefault(key, []).append(name)
+    frames = [
+        stitch(uri, exp, group, mode=mode, metrics=metrics, chains=chains, fast=fast)
+        for (uri, exp), group in groups.items()
+    ]
+    if len(frames) == 1:
+        return frames[0]
+    attrs = frames[0].attrs
+    rank = {r: i for i, r in enumerate(names)}
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(
+        ["run", "metric", "iteration"], key=lambda s: s.map(rank) if s.name == "run" else s,
+        kind="stable", ignore_index=True,
+    )
+    df.attrs.update(attrs)
+    return df
+
+
+def _check_current(project: Project, names: list[str], df: pd.DataFrame) -> None:
+    """The store is behind (or ahead of) git when a run's last iteration differs."""
+    last = df.groupby("run")["iteration"].max().to_dict() if len(df) else {}
+    for name in names:
+        rev = lineage.tip(project, name)
+        rec = lineage.record(project, name, rev)
+        done = lineage.position(project, rev).done(rec.stages) if rec.stages else 0
+        if done > 0 and last.get(name) != done - 1:
+            raise _Behind(
+                f"the tracking store has run '{name}' up to iteration {last.get(name)},"
+                f" git up to {done - 1} (run 'mlfork sync')"
+            )
+
+
+# -- tree --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TreeNode:
+    """A run and the forks made from it (`mlfork tree`)."""
+
+    info: RunInfo
+    children: list[TreeNode] = field(default_factory=list)
+    missing_parent: str | None = None  # the parent run's branch is gone
+    inherited_until: int | None = None  # the last iteration inherited from the parent
+
+    @property
+    def fork_label(self) -> str | None:
+        """`2` for a fork after iteration 2, `2/train` for one inside it."""
+        p = self.info.parent
+        if p is None:
+            return None
+        at_end = self.inherited_until == p.iteration
+        return f"{p.iteration}" if at_end else f"{p.iteration}/{p.step}"
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def to_dict(self) -> dict[str, Any]:
+        i = self.info
+        return {
+            "name": i.name,
+            "status": i.status,
+            "done": i.done,
+            "budget": i.budget,
+            "headline": i.headline,
+            "headline_value": i.headline_value,
+            "checked_out": i.checked_out,
+            "tip": i.tip,
+            "parent": i.parent.run if i.parent else None,
+            "fork": {
+                "iteration": i.parent.iteration,
+                "step": i.parent.step,
+                "commit": i.parent.commit,
+                "inherited_until": self.inherited_until,
+            }
+            if i.parent
+            else None,
+            "missing_parent": self.missing_parent,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+    def walk(self) -> list[TreeNode]:
+        out = [self]
+        for child in self.children:
+            out += child.walk()
+        return out
+
+
+def tree(path: str | os.PathLike[str] = ".") -> list[TreeNode]:
+    """Every run as a forest of forks, read from git: roots by name, each run's forks by
+    fork iteration, then name."""
+    project = Project.open(path, require_dvc=False)
+    nodes: dict[str, TreeNode] = {}
+    for name in lineage.run_names(project):
+        info = lineage.run_info(project, name)
+        until = None
+        if info.parent is not None:
+            stages = lineage.record(project, name, info.tip).stages
+            until = inherited_until(info.parent.iteration, info.parent.step, stages)
+        nodes[name] = TreeNode(info, inherited_until=until)
+    roots: list[TreeNode] = []
+    for node in nodes.values():
+        parent = node.info.parent
+        if parent is not None and parent.run in nodes and parent.run != node.name:
+            nodes[parent.run].children.append(node)
+        else:
+            if parent is not None:
+                node.missing_parent = parent.run
+            roots.append(node)
+    reachable = {n.name for r in roots for n in r.walk()}
+    for node in nodes.values():  # a cycle (hand-edited records) must not hide runs
+        if node.name not in reachable:
+            node.missing_parent = node.info.parent.run if node.info.parent else None
+            roots.append(node)
+            reachable |= {n.name for n in node.walk()}
+    for node in nodes.values():
+        node.children.sort(
+            key=lambda c: (c.info.parent.iteration if c.info.parent else -1, c.name)
+        )
+    roots.sort(key=lambda n: n.name)
+    return roots
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+
+def direction(metric: str) -> Literal["lower", "higher"]:
+    """Names containing loss/error/mse/mae/rmse are lower-is-better; others higher."""
+    lowered = metric.lower()
+    return "lower" if any(word in lowered for word in LOWER_IS_BETTER) else "higher"
+
+
+def verdict(metric: str, delta: float | None) -> str | None:
+    """'better', 'worse' or 'same' for a change of `delta` in `metric`."""
+    if delta is None or delta != delta:  # None or NaN
+        return None
+    if delta == 0:
+        return "same"
+    return "better" if (delta < 0) == (direction(metric) == "lower") else "worse"
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """The newest checkpoint two runs share; `metrics_iteration` is the last iteration whose
+    metrics they share (None when they share no complete iteration)."""
+
+    run: str
+    iteration: int
+    step: str
+    commit: str
+    metrics_iteration: int | None
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    key: str
+    a: Any
+    b: Any
+    in_a: bool = True
+    in_b: bool = True
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    metric: str
+    direction: str
+    fork: float | None  # at the fork point (shared by both runs)
+    a: float | None  # at A's last iteration
+    b: float | None  # at B's last iteration
+    a_delta: float | None  # A's last - fork point
+    b_delta: float | None  # B's last - fork point
+    b_minus_a: float | None
+    verdict: str | None  # B against A: better, worse, same
+
+
+@dataclass(frozen=True)
+class LockedCheck:
+    key: str
+    a: Any
+    b: Any
+    same: bool
+
+
+@dataclass
+class DiffResult:
+    """`mlfork diff A B`: what differs between two runs."""
+
+    a: str
+    b: str
+    headline: str | None
+    fork_point: ForkPoint | None
+    a_iteration: int | None  # the last iteration of each run
+    b_iteration: int | None
+    a_is_ancestor: bool  # A is in B's lineage
+    b_is_ancestor: bool
+    overrides: dict[str, list[str]]
+    config: list[ConfigChange]
+    metrics: list[MetricDelta]
+    locked: list[LockedCheck]
+    comparable: bool
+    source: str = "tracking"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN and infinities (which JSON cannot hold) become None."""
+        return _finite(asdict(self))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; values keep their types."""
+    out: dict[str, Any] = {}
+    if isinstance(config, dict) and config:
+        for key, value in config.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif prefix:
+        out[prefix] = config
+    return out
+
+
+def config_at(project: Project, rev: str) -> dict[str, Any]:
+    import yaml
+
+    raw = project.git.read(rev, naming.PARAMS_FILE)
+    try:
+        loaded = yaml.safe_load(raw) if raw else {}
+    except yaml.YAMLError:
+        loaded = {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def common_checkpoint(project: Project, tip_a: str, tip_b: str) -> Checkpoint | None:
+    """The newest checkpoint on both first-parent lines (where the two runs part)."""
+    in_a = {c.commit for c in lineage.checkpoints(project, tip_a)}
+    for commit in project.git.first_parent_walk(tip_b):  # newest first (stages of one
+        t = commit.trailers  # iteration may share a commit time: order by the graph)
+        if t is None:
+            break
+        if t.is_checkpoint and commit.id in in_a:
+            assert t.iteration is not None and t.step is not None
+            return Checkpoint(t.run, t.iteration, t.step, commit.id, commit.time)
+    return None
+
+
+def diff(
+    path: str | os.PathLike[str] = ".",
+    a: str | None = None,
+    b: str | None = None,
+    *,
+    source: Source = "auto",
+    frame: pd.DataFrame | None = None,
+) -> DiffResult:
+    """`mlfork diff A B`: override sets, the composed configs' differing keys (params.yaml at
+    each run's tip), the metrics at the fork point and at each run's last iteration with
+    deltas, and whether the two are comparable (same values of the locked keys). `frame`:
+    the stitched metrics of A and B if the caller has them already."""
+    if a is None or b is None:
+        raise UsageError("diff needs two runs: mlfork diff A B")
+    project = Project.open(path, require_dvc=False)
+    a, b = lineage.resolve_run(project, a), lineage.resolve_run(project, b)
+    tip_a, tip_b = lineage.tip(project, a), lineage.tip(project, b)
+    rec_a, rec_b = lineage.record(project, a, tip_a), lineage.record(project, b, tip_b)
+    chain_a, chain_b = chain_from_git(project, a), chain_from_git(project, b)
+
+    cfg_a, cfg_b = config_at(project, tip_a), config_at(project, tip_b)
+    flat_a, flat_b = flatten(cfg_a), flatten(cfg_b)
+    changes = [
+        ConfigChange(k, flat_a.get(k), flat_b.get(k), k in flat_a, k in flat_b)
+        for k in sorted(set(flat_a) | set(flat_b))
+        if k != "iteration"
+        and ((k in flat_a) != (k in flat_b) or flat_a.get(k) != flat_b.get(k))
+    ]
+    locked_keys = list(
+        dict.fromkeys([*project.policy(tip_a).locked, *project.policy(tip_b).locked])
+    )
+    locked = [
+        LockedCheck(k, _get(cfg_a, k), _get(cfg_b, k), _get(cfg_a, k) == _get(cfg_b, k))
+        for k in locked_keys
+    ]
+
+    cp = common_checkpoint(project, tip_a, tip_b)
+    fork_point = None
+    if cp is not None:
+        until = inherited_until(cp.iteration, cp.step, rec_b.stages or rec_a.stages)
+        fork_point = ForkPoint(
+            cp.run, cp.iteration, cp.step, cp.commit, until if until >= 0 else None
+        )
+
+    df = frame if frame is not None else metrics(path, [a, b] if a != b else [a], source=source)
+    headline = lineage.headline_at(project, tip_b)[0] or lineage.headline_at(project, tip_a)[0]
+    rows, a_last, b_last = _metric_deltas(df, a, b, fork_point, headline)
+    return DiffResult(
+        a=a,
+        b=b,
+        headline=headline,
+        fork_point=fork_point,
+        a_iteration=a_last,
+        b_iteration=b_last,
+        a_is_ancestor=a != b and a in [link.run for link in chain_b],
+        b_is_ancestor=a != b and b in [link.run for link in chain_a],
+        overrides={
+            "a": list(rec_a.overrides),
+            "b": list(rec_b.overrides),
+            "a_own": list(rec_a.own_overrides),
+            "b_own": list(rec_b.own_overrides),
+            "only_a": [o for o in rec_a.overrides if o not in rec_b.overrides],
+            "only_b": [o for o in rec_b.overrides if o not in rec_a.overrides],
+        },
+        config=changes,
+        metrics=rows,
+        locked=locked,
+        comparable=all(c.same for c in locked),
+        source=str(df.attrs.get("source", "")),
+    )
+
+
+def _metric_deltas(
+    df: pd.DataFrame, a: str, b: str, fork: ForkPoint | None, headline: str | None
+) -> tuple[list[MetricDelta], int | None, int | None]:
+    def series(run: str) -> dict[tuple[str, int], float]:
+        sub = df[df["run"] == run]
+        return {
+            (m, int(i)): float(v)
+            for m, i, v in zip(sub["metric"], sub["iteration"], sub["value"], strict=True)
+        }
+
+    sa, sb = series(a), series(b)
+    a_last = max((i for _, i in sa), default=None)
+    b_last = max((i for _, i in sb), default=None)
+    names = sorted({m for m, _ in sa} | {m for m, _ in sb})
+    if headline in names:  # the headline metric first
+        names.remove(headline)
+        names.insert(0, headline)
+
+    def sub(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else x - y
+
+    rows = []
+    for m in names:
+        at_fork = None
+        if fork is not None and fork.metrics_iteration is not None:
+            at_fork = sa.get((m, fork.metrics_iteration), sb.get((m, fork.metrics_iteration)))
+        va = sa.get((m, a_last)) if a_last is not None else None
+        vb = sb.get((m, b_last)) if b_last is not None else None
+        delta = sub(vb, va)
+        rows.append(
+            MetricDelta(
+                metric=m,
+                direction=direction(m),
+                fork=at_fork,
+                a=va,
+                b=vb,
+                a_delta=sub(va, at_fork),
+                b_delta=sub(vb, at_fork),
+                b_minus_a=delta,
+                verdict=verdict(m, delta),
+            )
+        )
+    return rows, a_last, b_last
