@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .demo
+DEMO_OUT ?= .demo-report
+MLFORK = PATH=$(CURDIR)/$(BIN):$$PATH mlfork
 PYTEST_ARGS ?=
 
 # The demo commits; on a machine with no git identity it uses a demo one (env only).
@@ -23,16 +25,25 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(DEMO_OUT)
+	mkdir -p $(DEMO_OUT)
 	$(DEMO_ENV) $(BIN)/mlfork init $(DEMO_DIR)
-	cd $(DEMO_DIR) && $(DEMO_ENV) PATH=$(CURDIR)/$(BIN):$$PATH mlfork run --name base --iterations 4
-	cd $(DEMO_DIR) && PATH=$(CURDIR)/$(BIN):$$PATH mlfork runs
-	cd $(DEMO_DIR) && PATH=$(CURDIR)/$(BIN):$$PATH mlfork log base
+	cd $(DEMO_DIR) && $(DEMO_ENV) $(MLFORK) run --name base --iterations 4
+	cd $(DEMO_DIR) && $(DEMO_ENV) $(MLFORK) branch --from base --from-iteration 1 --name lr model.lr=0.05 --run
+	cd $(DEMO_DIR) && $(DEMO_ENV) $(MLFORK) branch --from base --from-iteration 1 --name mlp model=mlp --run
+	cd $(DEMO_DIR) && $(MLFORK) runs
+	cd $(DEMO_DIR) && $(MLFORK) tree
+	cd $(DEMO_DIR) && $(MLFORK) metrics lr --metric accuracy
+	cd $(DEMO_DIR) && $(MLFORK) plot base lr mlp --metric accuracy -o $(CURDIR)/$(DEMO_OUT)/accuracy.png
+	cd $(DEMO_DIR) && $(MLFORK) report lr -o $(CURDIR)/$(DEMO_OUT)/report.md
 	@echo
-	@echo "The demo project is in $(DEMO_DIR). Try next:"
-	@echo "  cd $(DEMO_DIR) && source ../$(BIN)/activate"
-	@echo "  git log --oneline mlfork/base    # one commit per stage per iteration"
-	@echo "  mlfork runs --json               # the runs, as JSON"
+	@echo "The demo project is in $(DEMO_DIR): base, and two forks of it at iteration 1."
+	@echo "  report: $(DEMO_OUT)/report.md   plot: $(DEMO_OUT)/accuracy.png"
+	@echo "Try next:"
+	@echo "  source $(BIN)/activate && cd $(DEMO_DIR)"
+	@echo "  git log --oneline --graph mlfork/base mlfork/lr mlfork/mlp"
+	@echo "  mlfork diff base lr"
+	@echo "  mlfork ui                        # the MLflow UI on http://127.0.0.1:5000"
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
@@ -45,4 +56,4 @@ bench: setup
 	for b in bench/iteration_overhead.py bench/fork.py bench/stitch.py bench/manifest.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_OUT) build dist *.egg-info

@@ -41,17 +41,17 @@ def example_dir() -> Path:
 
 def init(path: str | os.PathLike[str] = ".") -> InitResult:
     target = Path(path).resolve()
+    if not target.exists() or not any(target.iterdir()):
+        return create(target)  # a new project, even inside another repository
     found = _git_root(target)
     if found is not None and (found / ".dvc").is_dir():
         return adopt(found)
     if found is not None:
         raise NotADvcProject(str(found))
-    if target.exists() and any(target.iterdir()):
-        raise UsageError(
-            f"'{target}' exists and is not empty: give a new folder, or run 'mlfork init'"
-            " inside an existing git+DVC project to adopt it"
-        )
-    return create(target)
+    raise UsageError(
+        f"'{target}' exists and is not empty: give a new folder, or run 'mlfork init'"
+        " inside an existing git+DVC project to adopt it"
+    )
 
 
 def _git_root(path: Path) -> Path | None:
