@@ -75,3 +75,72 @@ def sync(path: str = ".", rebuild: bool = False) -> SyncResult:
     from .ops.sync import sync as _sync
 
     return _sync(path, rebuild)
+
+
+# -- compare and review (issue 4) ---------------------------------------------------------------
+
+__all__ += ["metrics", "tree", "diff", "plot", "report"]
+
+
+def metrics(path: str = ".", runs: Any = None, **options: Any) -> Any:
+    """`mlfork metrics RUN...` -> pandas.DataFrame (run, owner, iteration, metric, value,
+    inherited). runs: a name or a list (default: the run checked out); mode ("stitched" or
+    "own"), metrics (names), source ("auto", "tracking", "git"), fast (False forces the
+    public MLflow API path)."""
+    from .ops.compare import metrics as _metrics
+
+    return _metrics(path, runs, **options)
+
+
+def tree(path: str = ".") -> Any:
+    """`mlfork tree`: the root runs (ops.compare.TreeNode), each with its forks."""
+    from .ops.compare import tree as _tree
+
+    return _tree(path)
+
+
+def diff(path: str = ".", a: str | None = None, b: str | None = None, **options: Any) -> Any:
+    """`mlfork diff A B` -> ops.compare.DiffResult; source."""
+    from .ops.compare import diff as _diff
+
+    return _diff(path, a, b, **options)
+
+
+def plot(path: str = ".", runs: Any = None, **options: Any) -> Any:
+    """`mlfork plot RUN...` -> ops.plot.PlotResult; output, metric, x ("iteration" or
+    "since-fork"), source. `mlfork.ops.plot.figure(...)` returns the figure unsaved."""
+    from .ops.plot import plot as _plot
+
+    return _plot(path, runs, **options)
+
+
+def report(path: str = ".", fork: str | None = None, **options: Any) -> Any:
+    """`mlfork report FORK` -> ops.report.ReportResult; base, output, assets, force,
+    source."""
+    from .ops.report import report as _report
+
+    return _report(path, fork, **options)
+
+
+# -- replay and verify (issue 5) ----------------------------------------------------------------
+
+__all__ += ["replay", "verify"]
+
+
+def replay(path: str = ".", run: str | None = None, **options: Any) -> Any:
+    """`mlfork replay RUN` -> ops.replay.ReplayPlan (commands, environment diff, dataset
+    checks); iteration. With launch=True (`--launch`) -> ops.replay.ReplayResult (the
+    replay run and its comparison with the original); force, name, progress."""
+    from .ops.replay import launch, plan
+
+    if options.pop("launch", False):
+        return launch(path=path, run=run, **options)
+    return plan(path=path, run=run, **options)
+
+
+def verify(path: str = ".", run: str | None = None, **options: Any) -> Any:
+    """`mlfork verify RUN --from-iteration N` -> ops.replay.VerifyResult; from_iteration,
+    iterations, keep, progress."""
+    from .ops.replay import verify as _verify
+
+    return _verify(path=path, run=run, **options)

@@ -8,7 +8,8 @@ Exit codes (documented in the README):
     3  not an mlfork project: not a git repository, not a DVC project, missing conf/ entries
     4  the working tree has uncommitted changes
     5  a run name is taken or invalid
-    6  not found: unknown run, iteration, stage or metric; an ambiguous prefix
+    6  not found: unknown run, iteration, stage or metric; an ambiguous prefix; an iteration
+       without a replay manifest
     7  a fork would change a locked key
     8  a pipeline stage failed
     9  a timeout stopped the run (resumable)
@@ -18,6 +19,7 @@ Exit codes (documented in the README):
     13 a dataset differs from the one a run used (replay refused without --force)
     14 a file mlfork reads is malformed (run record, replay manifest)
     15 an output path cannot be written
+    16 a replay or verify diverged from the original (metrics or checkpoint hashes differ)
     130 interrupted (Ctrl-C); resumable
 """
 
@@ -122,6 +124,15 @@ class AmbiguousRun(NotFound):
         self.candidates = list(candidates)
 
 
+class ManifestMissing(NotFound):
+    def __init__(self, run: str, iteration: int, commit: str) -> None:
+        super().__init__(
+            f"iteration {iteration} of '{run}' has no replay manifest (.mlfork/replay.json at"
+            f" {commit[:10]}): it was made by an mlfork without manifests; 'mlfork log {run}'"
+            " shows its checkpoints, a new 'mlfork run' records manifests"
+        )
+
+
 class LockedKeyError(MlforkError):
     exit_code = 7
 
@@ -197,6 +208,12 @@ class MalformedFile(MlforkError):
 
 class OutputPathError(MlforkError):
     exit_code = 15
+
+
+class Diverged(MlforkError):
+    """A replay or `mlfork verify` did not reproduce the original bit for bit."""
+
+    exit_code = 16
 
 
 class Interrupted(MlforkError):

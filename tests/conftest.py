@@ -57,7 +57,20 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def copy_project(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest, symlinks=True)
+    """Copy a project, keeping hard links between its files (DVC outputs linked to the
+    cache stay linked in the copy, as in the original)."""
+    linked: dict[tuple[int, int], str] = {}
+
+    def copy(s: str, d: str) -> str:
+        st = os.lstat(s)
+        if st.st_nlink > 1:
+            first = linked.setdefault((st.st_dev, st.st_ino), d)
+            if first != d:
+                os.link(first, d)
+                return d
+        return shutil.copy2(s, d)
+
+    shutil.copytree(src, dest, symlinks=True, copy_function=copy)
     lock = dest / ".mlfork" / "local" / "lock"
     if lock.exists():
         lock.unlink()
@@ -88,6 +101,51 @@ def project(tmp_path: Path, template: Path) -> Path:
 @pytest.fixture
 def base_project(tmp_path: Path, base_template: Path) -> Path:
     return copy_project(base_template, tmp_path / "proj")
+
+
+DELAY_SCRIPT = """\
+import os, sys, time
+import yaml
+stage = sys.argv[1]
+iteration = (yaml.safe_load(open("params.yaml")) or {}).get("iteration")
+for item in filter(None, os.environ.get("MLFORK_TEST_DELAY", "").split(",")):
+    name, it, seconds = item.split(":")
+    if name == stage and it in ("*", str(iteration)):
+        marks = os.environ.get("MLFORK_TEST_DELAY_MARKS")
+        if marks:
+            open(os.path.join(marks, f"{stage}-{iteration}"), "w").close()
+        try:
+            time.sleep(float(seconds))
+        except KeyboardInterrupt:
+            if os.environ.get("MLFORK_TEST_DELAY_SIGINT_EXIT"):
+                sys.exit(int(os.environ["MLFORK_TEST_DELAY_SIGINT_EXIT"]))
+            raise
+"""
+
+
+@pytest.fixture(scope="session")
+def delay_template(tmp_path_factory: pytest.TempPathFactory, template: Path) -> Path:
+    """The template whose stages start with `python delay.py STAGE` (committed on main):
+    with MLFORK_TEST_DELAY="train:1:30" the train stage of iteration 1 sleeps 30 s first
+    (`*` for any iteration), so a test can stop a run in the middle of a chosen stage.
+    With MLFORK_TEST_DELAY_MARKS=DIR it creates DIR/<stage>-<iteration> as it starts to
+    sleep; with MLFORK_TEST_DELAY_SIGINT_EXIT=N it exits N on Ctrl-C (as some tools do)."""
+    import yaml
+
+    root = copy_project(template, tmp_path_factory.mktemp("delay") / "proj")
+    (root / "delay.py").write_text(DELAY_SCRIPT)
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    for name, stage in pipeline["stages"].items():
+        stage["cmd"] = f"python delay.py {name} && {stage['cmd']}"
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    git(root, "add", "delay.py", "dvc.yaml")
+    git(root, "commit", "-q", "-m", "stages with a test delay")
+    return root
+
+
+@pytest.fixture
+def delay_project(tmp_path: Path, delay_template: Path) -> Path:
+    return copy_project(delay_template, tmp_path / "proj")
 
 
 def git(root: Path, *args: str, check: bool = True) -> str:
@@ -143,3 +201,43 @@ def snapshot(root: Path) -> dict[str, object]:
         "status": git(root, "status", "--porcelain", "--untracked-files=all"),
         "files": files,
     }
+
+
+def checkpoint_log(root: Path, rev: str) -> list[dict[str, str]]:
+    """`git log --first-parent REV` read by the git CLI, oldest first: each commit's sha,
+    tree, subject, body and trailers (`%(trailers)` parsed into a dict)."""
+    out = git(
+        root, "log", "--first-parent", "--reverse",
+        "--format=%H%x1f%T%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e", rev,
+    )
+    commits = []
+    for record in filter(None, (r.strip("\n") for r in out.split("\x1e"))):
+        sha, tree, subject, body, trailers = record.split("\x1f")
+        parsed = dict(
+            line.split(": ", 1) for line in trailers.splitlines() if ": " in line
+        )
+        commits.append(
+            {"sha": sha, "tree": tree, "subject": subject, "body": body, "trailers": parsed}
+        )
+    return commits
+
+
+def lock_info(root: Path) -> dict[str, object]:
+    """The JSON mlfork keeps in `.mlfork/local/lock` ({} while absent or half-written)."""
+    import json
+
+    try:
+        return dict(json.loads((root / ".mlfork" / "local" / "lock").read_text() or "{}"))
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(predicate: object, timeout: float = 120, what: str = "a condition") -> None:
+    """Poll `predicate()` every 20 ms until it is true; fail the test after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

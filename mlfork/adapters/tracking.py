@@ -8,6 +8,7 @@ are written once, and tags are plain overwrites.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -84,7 +85,10 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             if self.uri.startswith("sqlite:///"):
-                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                db = Path(self.uri[len("sqlite:///") :])
+                db.parent.mkdir(parents=True, exist_ok=True)
+                if not db.exists():
+                    _create_sqlite_store(db)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -217,6 +221,21 @@ class Tracker:
             self._call("be written", self.client.delete_run, rid)
         self._runs = {k: v for k, v in self._runs.items() if k[0] != experiment}
         return len(ids)
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """MLflow creates a store's tables in many steps; a process killed meanwhile leaves a
+    file that no later client can open. Create it aside, then link it into place."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / "artifacts").as_uri())
+        store.engine.dispose()
+        with contextlib.suppress(FileExistsError):  # never replace another process's store
+            os.link(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _clip(value: str, limit: int) -> str:

@@ -21,6 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("runs", "List the runs: parent, fork point, status, progress, headline metric."),
     "log": ("log", "List a run's checkpoints with their metrics."),
     "sync": ("sync", "Deliver pending tracking writes; bring MLflow up to date with git."),
+    "ui": ("ui", "Start the MLflow UI on 127.0.0.1 for the project's tracking store."),
+    "metrics": ("metrics", "Print runs' metric series, stitched over their lineage."),
+    "tree": ("tree", "Show every run as a tree of forks, with fork points and headlines."),
+    "diff": ("diff", "Compare two runs: overrides, config, metrics, comparability."),
+    "plot": ("plot", "Plot stitched metric curves with a dashed line at each fork point."),
+    "report": ("report", "Write a Markdown pull-request report of a fork."),
+    "replay": ("replay", "Print the commands that reproduce a run, or --launch and compare."),
+    "verify": ("verify", "Fork a run without overrides, resume, check it reproduces the run."),
 }
 
 
@@ -60,9 +68,23 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj["verbose"] = verbose
 
 
+def _freeze_at_exit() -> None:
+    """At exit, let the interpreter's final garbage collections skip the objects that
+    mlflow, pandas and SQLAlchemy leave behind (about 175,000): measured on a loaded 2-CPU
+    machine, the shutdown after `mlfork branch` took 2.3 to 2.9 s, frozen 0.2 s. atexit
+    handlers and buffered output are unaffected; in-process callers pay nothing until
+    their own exit."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)  # once, however often main() runs in a process
+    atexit.register(gc.freeze)
+
+
 def main(argv: list[str] | None = None) -> Any:
     from ..errors import MlforkError
 
+    _freeze_at_exit()
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
     try:

@@ -1,6 +1,13 @@
 """Replay manifests (`.mlfork/replay.json`, DESIGN.md section 7): every input that shaped an
 iteration, committed with it. Never an environment variable's value, a credential or a path
-of the machine."""
+of the machine.
+
+Capturing one costs no read of the data: DVC-tracked data is identified by the hashes DVC
+already wrote (dvc.lock, .dvc files); only files a locked key names that DVC does not track
+are hashed (SHA-256, streamed, remembered by size/mtime/inode between iterations). The
+environment fingerprint is computed once per process from the installed distributions'
+folder names, without parsing their metadata.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,34 +35,139 @@ KEY_PACKAGES = (
     "torch",
 )
 CHUNK = 1 << 20  # SHA-256 streams 1 MiB at a time: a multi-GB file never sits in memory
+REPLAY_SOURCE = naming.REPLAY_MANIFEST
+
+
+def _yaml(text: bytes | str | Any) -> Any:
+    """YAML through libyaml when PyYAML has it (10x the pure-Python parser: dvc.lock is
+    parsed on every iteration), else the pure-Python safe loader; same results."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
+@lru_cache(maxsize=8)
+def lock_outputs(lock_text: bytes | None) -> dict[str, dict[str, Any]]:
+    """`path -> {md5, size, hash}` of every stage output of a dvc.lock text (as
+    `DvcProject.lock_outputs`, parsed once per text). Do not mutate the result."""
+    if not lock_text:
+        return {}
+    data = _yaml(lock_text) or {}
+    outs: dict[str, dict[str, Any]] = {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            outs[out["path"]] = {k: v for k, v in out.items() if k != "path"}
+    return outs
+
+
+_DIST_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)\.(?:dist|egg)-info$")
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503: `Scikit_Learn` -> `scikit-learn`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@lru_cache(maxsize=1)
+def installed() -> dict[str, str]:
+    """canonical name -> version of every installed distribution (the first on sys.path
+    wins, as for `importlib.metadata.version`). Read from the `name-version.dist-info`
+    folder names, which is what a wheel install writes; a distribution whose folder does
+    not say it (an old `.egg-info`) has its metadata parsed."""
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        folder = getattr(dist, "_path", None)
+        m = _DIST_DIR.match(getattr(folder, "name", "") or "")
+        if m:
+            name, version = m.group("name"), m.group("version")
+        else:
+            name, version = dist.metadata["Name"] or "", dist.version
+        if name:
+            found.setdefault(canonical_name(name), version)
+    return found
 
 
 @lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
     """Python, platform, mlfork and key package versions, and a hash of every installed
-    distribution (name==version). Computed once per process."""
-    from importlib import metadata
-
+    distribution (name==version, sorted). Computed once per process."""
     from .. import __version__
 
-    packages: dict[str, str] = {}
-    for name in KEY_PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    everything = sorted(
-        {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()}
-    )
+    everything = installed()
+    packages = {name: everything[name] for name in KEY_PACKAGES if name in everything}
+    lines = sorted(f"{name}=={version}" for name, version in everything.items())
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": f"{sys.platform}-{platform.machine()}",
         "mlfork": __version__,
         "packages": packages,
-        "packages_hash": hashlib.sha256("\n".join(everything).encode()).hexdigest(),
-        "packages_count": len(everything),
+        "packages_hash": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        "packages_count": len(lines),
     }
+
+
+ENV_FIELDS = ("python", "implementation", "platform", "mlfork")
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    """One field of the environment fingerprint that differs (None: absent)."""
+
+    field: str
+    recorded: Any
+    current: Any
+
+    def line(self) -> str:
+        def show(value: Any) -> str:
+            if value is None:
+                return "absent"
+            if self.field == "packages_hash" and isinstance(value, str):
+                value = value[:12]
+            return repr(value)
+
+        return f"{self.field}: {show(self.recorded)} -> {show(self.current)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def diff_environment(recorded: Any, current: dict[str, Any] | None = None) -> list[EnvChange]:
+    """The fields of a recorded fingerprint that differ from `current` (this machine's)."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    current = current if current is not None else environment()
+    changes = [
+        EnvChange(name, recorded.get(name), current.get(name))
+        for name in ENV_FIELDS
+        if recorded.get(name) != current.get(name)
+    ]
+    rp = recorded.get("packages") if isinstance(recorded.get("packages"), dict) else {}
+    cp = current.get("packages") or {}
+    for name in sorted(set(rp) | set(cp)):
+        if rp.get(name) != cp.get(name):
+            changes.append(EnvChange(f"packages.{name}", rp.get(name), cp.get(name)))
+    for name in ("packages_hash", "packages_count"):
+        if recorded.get(name) != current.get(name):
+            changes.append(EnvChange(name, recorded.get(name), current.get(name)))
+    return changes
+
+
+def drift_warnings(text: bytes | str | None, source: str = REPLAY_SOURCE) -> list[str]:
+    """Warnings for forking or resuming from a commit whose manifest was made in another
+    environment: one per differing field. No manifest, no warning; a malformed one is
+    reported, never fatal (the fork or resume goes on)."""
+    if not text:
+        return []
+    try:
+        loaded = load(text, source)
+    except MalformedFile as exc:
+        return [f"{exc}: the environment was not compared"]
+    data = loaded.data
+    where = f"{data.get('run')} iteration {data.get('iteration')}"
+    head = f"this machine's environment differs from the one that ran {where}"
+    return [*loaded.warnings] + [
+        f"{head}: {change.line()}" for change in diff_environment(data.get("environment"))
+    ]
 
 
 def sha256_file(path: Path) -> str:
@@ -93,12 +207,120 @@ class HashCache:
 
 
 def _walk(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs; list items are `key[i]`."""
     if isinstance(config, dict):
         out: list[tuple[str, Any]] = []
         for k, v in config.items():
             out += _walk(v, f"{prefix}.{k}" if prefix else str(k))
         return out
+    if isinstance(config, list):
+        out = []
+        for i, v in enumerate(config):
+            out += _walk(v, f"{prefix}[{i}]")
+        return out
     return [(prefix, config)]
+
+
+SKIP_DIRS = frozenset({
+    ".git", ".dvc", ".mlfork", "__pycache__", ".venv", "venv", "node_modules", ".tox",
+    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
+})
+
+
+def dvc_data_sources(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """`path -> {md5, size[, nfiles]}` of every output of a `.dvc` file in the workspace,
+    read from the `.dvc` files themselves: the hashes DVC already holds, no data is read
+    (and DVC's own index, 50-100 ms to build, is not needed). Folders that are DVC outputs
+    (of a .dvc file or of `skip`, e.g. the stage outputs) are not walked into: DVC forbids
+    a .dvc file inside an output."""
+    root = Path(root)
+    skipped = {os.path.normpath(p) for p in skip}
+    found: dict[str, dict[str, Any]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        outs_here: set[str] = set()
+        for name in filenames:
+            if not name.endswith(".dvc"):
+                continue
+            try:
+                with open(os.path.join(dirpath, name), "rb") as fh:
+                    data = _yaml(fh.read()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            for out in (data.get("outs") or []) if isinstance(data, dict) else []:
+                if not isinstance(out, dict) or not out.get("path"):
+                    continue
+                rel = os.path.normpath(os.path.join(rel_dir, str(out["path"])))
+                entry: dict[str, Any] = {"md5": out.get("md5"), "size": out.get("size")}
+                if out.get("nfiles") is not None:
+                    entry["nfiles"] = out["nfiles"]
+                found[rel] = entry
+                outs_here.add(str(out["path"]).split("/")[0])
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if d not in SKIP_DIRS and d not in outs_here
+            and os.path.normpath(os.path.join(rel_dir, d)) not in skipped
+            and not os.path.islink(os.path.join(dirpath, d))
+        )
+    return dict(sorted(found.items()))
+
+
+def data_sources(root: Path, lock_text: bytes | None) -> dict[str, dict[str, Any]]:
+    """The .dvc-tracked data of the workspace (see `dvc_data_sources`), not walking into
+    the stage outputs dvc.lock lists."""
+    return dvc_data_sources(root, skip=lock_outputs(lock_text))
+
+
+def safe_tracking(uri: str) -> str:
+    """The tracking store as a manifest may name it: `embedded`, or a URI without user,
+    password, query or fragment (where tokens travel), and without a local path."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if uri == "embedded":
+        return uri
+    parts = urlsplit(uri)
+    if not parts.scheme:  # `databricks`, or a bare path
+        return uri if "/" not in uri and "@" not in uri else "file:(a local path)"
+    if parts.scheme in ("file", "sqlite") or not parts.hostname:
+        return f"{parts.scheme}:(a local path)"
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_SECRET_NAME = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL"
+    r"|(?:^|_)(?:API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH|PAT)(?:_|$)",
+    re.IGNORECASE,
+)
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+REDACTED = "***"
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of the environment variables whose names say they are secrets (8+ chars),
+    longest first."""
+    env = os.environ if environ is None else environ
+    values = {v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """Defence in depth over every string of a manifest: credentials in URLs dropped, and
+    the value of any secret-named environment variable (an `${oc.env:...}` in the config,
+    a token pasted into an override) replaced by `***`."""
+    if isinstance(value, str):
+        value = _URL_USERINFO.sub(r"\1", value)
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    return value
 
 
 def datasets(
@@ -115,9 +337,7 @@ def datasets(
     """Dataset identity: the outputs of stages that read a locked key and the DVC-tracked
     files (hashes DVC already holds: nothing is read), plus files a locked key names that
     DVC does not track (SHA-256, streamed)."""
-    from ..adapters.dvc import DvcProject
-
-    outs = DvcProject.lock_outputs(lock_text)
+    outs = lock_outputs(lock_text)
     found: dict[str, Any] = {}
 
     def reads_locked(params: list[str]) -> bool:
@@ -134,6 +354,8 @@ def datasets(
     for path, entry in dvc_files.items():
         if path not in exclude:
             found[path] = {"source": "dvc", "md5": entry.get("md5"), "size": entry.get("size")}
+            if entry.get("nfiles") is not None:
+                found[path]["nfiles"] = entry["nfiles"]
     tracked = set(outs) | set(dvc_files)
     for key, value in _walk({k: config[k] for k in locked if k in config}):
         if not isinstance(value, str) or not value or "\n" in value:
@@ -184,7 +406,7 @@ def build(
             "step": rec.parent.step,
             "commit": rec.parent.commit,
         }
-    return {
+    doc = {
         "manifest_version": MANIFEST_VERSION,
         "run": rec.name,
         "iteration": iteration,
@@ -200,8 +422,10 @@ def build(
         "environment": environment(),
         "code_commit": code_commit,
         "base_commit": rec.base_commit,
-        "tracking": tracking,
+        "tracking": safe_tracking(tracking),
     }
+    scrubbed: dict[str, Any] = scrub(doc, secret_values())
+    return scrubbed
 
 
 def dumps(manifest: dict[str, Any]) -> str:
@@ -225,6 +449,21 @@ class Manifest:
     def seed(self) -> dict[str, Any]:
         return dict(self.data.get("seed") or {})
 
+    @property
+    def newer(self) -> bool:
+        """Written by a newer mlfork: only its seed and config are trusted."""
+        return self.version > MANIFEST_VERSION
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        env = self.data.get("environment")
+        return dict(env) if isinstance(env, dict) else {}
+
+    @property
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        data = self.data.get("datasets")
+        return dict(data) if isinstance(data, dict) else {}
+
 
 def load(text: bytes | str, source: str = naming.REPLAY_MANIFEST) -> Manifest:
     """Parse a manifest. A newer version loads with a warning (seed and config still serve);
@@ -238,17 +477,31 @@ def load(text: bytes | str, source: str = naming.REPLAY_MANIFEST) -> Manifest:
     if not isinstance(data.get("config"), dict) or not isinstance(data.get("seed"), dict):
         raise MalformedFile(source, "'config' and 'seed' must be mappings")
     m = Manifest(data)
-    if m.version > MANIFEST_VERSION:
+    if m.newer:
         m.warnings.append(
             f"{source} has manifest_version {m.version}, newer than this mlfork's"
             f" {MANIFEST_VERSION}: only its seed and config are used; upgrade mlfork for the rest"
+        )
+        return m
+    if m.version < 1:
+        raise MalformedFile(source, f"manifest_version {m.version} does not exist")
+    if not isinstance(data.get("run"), str) or not isinstance(data.get("iteration"), int):
+        raise MalformedFile(source, "'run' must be a string and 'iteration' an integer")
+    if not isinstance(data.get("environment"), dict):
+        raise MalformedFile(source, "'environment' must be a mapping")
+    entries = data.get("datasets")
+    if not isinstance(entries, dict) or not all(
+        isinstance(e, dict) and e.get("source") in ("dvc", "sha256") for e in entries.values()
+    ):
+        raise MalformedFile(
+            source, "'datasets' must map paths to entries with a source of 'dvc' or 'sha256'"
         )
     return m
 
 
 def dvc_yaml_shape(dvc_yaml: bytes | None) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(stage -> params keys, stage -> data output paths) from a dvc.yaml text."""
-    data = yaml.safe_load(dvc_yaml or b"") or {}
+    data = _yaml(dvc_yaml or b"") or {}
     params: dict[str, list[str]] = {}
     outs: dict[str, list[str]] = {}
     for name, stage in (data.get("stages") or {}).items():

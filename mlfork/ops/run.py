@@ -251,10 +251,11 @@ def advance(
     deadline = started + float(timeout) if timeout else None
     env = _stage_env(name)
     params_sent = False
-    mirror.send(track.RunWrite(
-        run=name, experiment=experiment, start_time=track.iso_to_ms(rec.created),
-        tags=track.run_tags(project, rec, rev), status="RUNNING" if it < target else None,
-    ))
+    # everything git has so far: a killed process may have lost writes it had queued
+    first = track.full_write(project, name)
+    first.params = {}  # the tip's params.yaml may predate this run's config: sent below
+    first.status, first.end_time = ("RUNNING" if it < target else None), None
+    mirror.send(first)
 
     try:
         while it < target:
