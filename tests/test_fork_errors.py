@@ -183,7 +183,7 @@ def test_racing_for_one_name_has_exactly_one_winner(errors_project: Path, racers
     root = errors_project
     cp = checkpoint(root, "mlfork/base", 1, "evaluate")
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/.mlfork/local/mlflow.db")
-    for round_ in range(5):
+    for round_ in range(3):
         name = f"same-{round_}"
         procs = [
             subprocess.Popen(

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli, copy_project
 
 import mlfork
 from mlfork.ops.ui import free_port
-
-from conftest import cli, copy_project
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("mlflow-server")]
 

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli, copy_project
 from mlflow.tracking import MlflowClient
 
 import mlfork
-
-from conftest import cli, copy_project
 
 
 def store(root: Path) -> dict[str, Any]:
@@ -27,7 +26,8 @@ def store(root: Path) -> dict[str, Any]:
             tags["mlflow.parentRunId"] = names[tags["mlflow.parentRunId"]]
         histories = {
             key: sorted(
-                (m.step, m.value, m.timestamp) for m in client.get_metric_history(r.info.run_id, key)
+                (m.step, m.value, m.timestamp)
+                for m in client.get_metric_history(r.info.run_id, key)
             )
             for key in r.data.metrics
         }

@@ -9,6 +9,7 @@ the stage's processes when a timeout passes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import sys
@@ -200,7 +201,8 @@ class DvcProject:
         from dvc.exceptions import CheckoutError
 
         lock = self.root / LOCK_FILE
-        ran = set((yaml.safe_load(lock.read_bytes()) or {}).get("stages") or {}) if lock.exists() else set()
+        locked = (yaml.safe_load(lock.read_bytes()) or {}) if lock.exists() else {}
+        ran = set(locked.get("stages") or {})
         self.reset()
         targets = []
         for stage in self.repo.index.stages:
@@ -335,10 +337,8 @@ class _Watchdog:
             if self.deadline is not None and time.monotonic() >= self.deadline and children:
                 self.fired = True
                 for child in children:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         child.kill()
-                    except psutil.Error:
-                        pass
 
 
 @contextmanager

@@ -316,7 +316,9 @@ class GitRepo:
                 "refs/heads/" + branch, sig, sig, message, tree, [parent]
             )
         except pygit2.GitError as exc:
-            raise MlforkError(f"branch '{branch}' moved while mlfork was committing: {exc}") from exc
+            raise MlforkError(
+                f"branch '{branch}' moved while mlfork was committing: {exc}"
+            ) from exc
         return str(oid)
 
     def add_and_commit_initial(self, paths: Iterable[str], message: str) -> str:

@@ -14,7 +14,9 @@ from ._output import ProgressView, emit_json, render_run_result
 @click.option("--name", default=None, help="Run name (branch mlfork/NAME); default run-<k>.")
 @iterations_option("Iterations to run (default: the config's `iterations`, else 1).")
 @runtime_options
-@click.option("--tag", "tags", multiple=True, metavar="T", help="Tag the run (k or k=v); repeatable.")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="T", help="Tag the run (k or k=v); repeatable."
+)
 @json_option
 @click.argument("overrides", nargs=-1, metavar="[OVERRIDE]...")
 @click.pass_context

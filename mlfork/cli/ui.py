@@ -13,7 +13,9 @@ from ._output import emit_json, note
 
 @click.command("ui")
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default 5000).")
-@click.option("--print-only", is_flag=True, help="Print the address and the command; start nothing.")
+@click.option(
+    "--print-only", is_flag=True, help="Print the address and the command; start nothing."
+)
 @json_option
 def command(port: int | None, print_only: bool, as_json: bool) -> None:
     """Start the MLflow UI on 127.0.0.1 for the project's tracking store and print its address.

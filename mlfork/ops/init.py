@@ -74,7 +74,10 @@ def create(target: Path) -> InitResult:
     except BaseException:  # a refused init leaves no half-made project behind
         if existed:
             for child in target.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         else:
             shutil.rmtree(target, ignore_errors=True)
         raise

@@ -261,9 +261,12 @@ def parse_metrics(path: str, data: bytes) -> dict[str, float]:
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(float(value)):
-                out[prefix] = float(value)
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(float(value))
+        ):
+            out[prefix] = float(value)
 
     walk("", loaded)
     return out

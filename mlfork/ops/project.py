@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -53,9 +54,8 @@ class Project:
 
     def raw_root_config(self, rev: str) -> dict[str, Any]:
         """conf/config.yaml (or params.yaml in params-only mode) at `rev`, parsed, not composed."""
-        path = (
-            f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml" if self.has_conf(rev) else naming.PARAMS_FILE
-        )
+        conf = f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml"
+        path = conf if self.has_conf(rev) else naming.PARAMS_FILE
         data = self.git.read(rev, path)
         if data is None:
             return {}
@@ -229,10 +229,8 @@ class ProjectLock:
             return
         _, alive = psutil.wait_procs(procs, timeout=grace)
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(alive, timeout=5)
 
 

@@ -128,7 +128,8 @@ def note(rec: RunRecord, chain: list[dict[str, Any]], locked: Iterable[str] = ()
             + (" ".join(f"`{k}`" for k in locked) or "none"),
         ]
     else:
-        lines.append("Root run. Overrides: " + (" ".join(f"`{o}`" for o in rec.overrides) or "none"))
+        shown = " ".join(f"`{o}`" for o in rec.overrides) or "none"
+        lines.append("Root run. Overrides: " + shown)
     lines += ["", f"Iteration budget: {rec.iterations}."]
     text = "\n".join(lines)
     return text[:8000]
