@@ -20,7 +20,7 @@ from .. import naming
 from ..errors import NotFound, TrackingError, UsageError
 from ..models import Checkpoint, RunInfo
 from . import lineage, track
-from .project import Project
+from .project import MISSING, Project, dotted_get
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -620,15 +620,6 @@ def config_at(project: Project, rev: str) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def common_checkpoint(project: Project, tip_a: str, tip_b: str) -> Checkpoint | None:
     """The newest checkpoint on both first-parent lines (where the two runs part)."""
     in_a = {c.commit for c in lineage.checkpoints(project, tip_a)}
@@ -674,7 +665,10 @@ def diff(
         dict.fromkeys([*project.policy(tip_a).locked, *project.policy(tip_b).locked])
     )
     locked = [
-        LockedCheck(k, _get(cfg_a, k), _get(cfg_b, k), _get(cfg_a, k) == _get(cfg_b, k))
+        LockedCheck(
+            k, dotted_get(cfg_a, k), dotted_get(cfg_b, k),
+            dotted_get(cfg_a, k, MISSING) == dotted_get(cfg_b, k, MISSING),
+        )
         for k in locked_keys
     ]
 

@@ -19,7 +19,7 @@ from .. import naming
 from ..errors import LockedKeyError, NotFound, OverrideError, UsageError
 from ..models import Checkpoint, ParentRef, RunRecord, RunResult
 from . import lineage, track
-from .project import Project, record_text
+from .project import MISSING, Project, dotted_get, record_text
 from .run import Progress, _options, _quiet, advance, check_new_name, next_free_name, now_iso
 
 
@@ -107,16 +107,6 @@ def _touches(override_key: str, key: str) -> bool:
     )
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-_MISSING = object()
 
 
 def resolve_overrides(
@@ -221,7 +211,7 @@ def branch(
     parent_cfg = project.compose(cp.commit, parent_rec.overrides, base, cp.iteration, budget)
     fork_cfg = project.compose(cp.commit, cumulative, base, cp.iteration, budget)
     for key in policy.locked:
-        if _get(parent_cfg, key) != _get(fork_cfg, key):
+        if dotted_get(parent_cfg, key, MISSING) != dotted_get(fork_cfg, key, MISSING):
             culprit = next((o for o in own if _touches(_key_of(o), key)), " ".join(own))
             raise LockedKeyError(key, culprit)
 

@@ -234,6 +234,19 @@ class ProjectLock:
         psutil.wait_procs(alive, timeout=5)
 
 
+MISSING = object()
+
+
+def dotted_get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """`config["a"]["b"]` for "a.b", or `default` where the path does not exist."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def record_text(record: RunRecord) -> str:
     return "# mlfork run record: written by mlfork, do not edit\n" + yaml.safe_dump(
         record.to_dict(), sort_keys=True, default_flow_style=False
