@@ -22,7 +22,6 @@ from ..errors import (
     DirtyWorkingTree,
     Interrupted,
     InvalidRunName,
-    MlforkError,
     ProjectError,
     RunNameTaken,
     RunTimeout,
@@ -497,5 +496,3 @@ def _int_or(value: Any, default: int) -> int:
 def _dedupe(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
-
-__all__ = ["start", "resume", "advance", "Event", "MlforkError"]
