@@ -199,13 +199,15 @@ def build_figure(
         else:
             ax.plot([], [], color=colour[run], linewidth=2.2, label=label)
     lines = fork_lines(chains, runs, x)
+    stacked: dict[float, int] = {}  # forks at the same point: labels side by side
     for fl in lines:
         c = colour.get(fl.run, "0.45")
         ax.axvline(fl.x, color=c, linestyle="--", linewidth=1.2, alpha=0.9,
                    label="_nolegend_")
+        k = stacked[fl.x] = stacked.get(fl.x, -1) + 1
         ax.annotate(
             f"{fl.run} ← {fl.parent} @{where(fl.iteration, fl.step, fl.x % 1 == 0)}",
-            xy=(fl.x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -4),
+            xy=(fl.x, 1.0), xycoords=("data", "axes fraction"), xytext=(3 + 10 * k, -4),
             textcoords="offset points", rotation=90, va="top", ha="left", fontsize=8,
             color=c,
         )
