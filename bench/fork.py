@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     import_seconds,
     load_note,
     median,
+    parse_size,
     rmtree,
     run,
     table,
@@ -140,14 +141,6 @@ class Figures:
     copy: list[float] = field(default_factory=list)
     flush: list[float] = field(default_factory=list)  # fsync of the copied files after cp -a
     project_bytes: int = 0
-
-
-def parse_size(text: str) -> int:
-    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
 
 
 def build(tmp: Path, size: int, env: dict[str, str], store: Path) -> Figures:

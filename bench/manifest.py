@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     bench_env,
     fmt_bytes,
     median,
+    parse_size,
     run,
     table,
     verdict,
@@ -51,14 +52,6 @@ from _common import (  # noqa: E402
 
 CAPTURE_TARGET_S = 0.050
 SHA_RATIO_TARGET = 0.8
-
-
-def parse_size(text: str) -> int:
-    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
 
 
 def rchar() -> int:

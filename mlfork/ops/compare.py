@@ -70,12 +70,6 @@ class Segment:
     last: int | None
 
 
-def inherited_until(iteration: int, step: str, stages: Sequence[str]) -> int:
-    """A fork after the last stage of iteration N inherits 0..N; one inside iteration N
-    inherits 0..N-1 (the tag `mlfork.inherited_until`)."""
-    return iteration if stages and step == stages[-1] else iteration - 1
-
-
 def chain_from_git(project: Project, run: str) -> list[Link]:
     """The lineage of `run`, root first, from the run records in git."""
     rec = lineage.record(project, run)
@@ -83,9 +77,8 @@ def chain_from_git(project: Project, run: str) -> list[Link]:
     seen = {run}
     while rec.parent is not None and rec.parent.run not in seen:
         p = rec.parent
-        links[0] = Link(
-            links[0].run, inherited_until(p.iteration, p.step, rec.stages), p.iteration, p.step
-        )
+        until = lineage.inherited_until(p.iteration, p.step, rec.stages)
+        links[0] = Link(links[0].run, until, p.iteration, p.step)
         links.insert(0, Link(p.run))
         seen.add(p.run)
         parent_rec = project.read_record(p.commit)
@@ -479,7 +472,7 @@ def tree(path: str | os.PathLike[str] = ".") -> list[TreeNode]:
         until = None
         if info.parent is not None:
             stages = lineage.record(project, name, info.tip).stages
-            until = inherited_until(info.parent.iteration, info.parent.step, stages)
+            until = lineage.inherited_until(info.parent.iteration, info.parent.step, stages)
         nodes[name] = TreeNode(info, inherited_until=until)
     roots: list[TreeNode] = []
     for node in nodes.values():
@@ -609,17 +602,6 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_at(project: Project, rev: str) -> dict[str, Any]:
-    import yaml
-
-    raw = project.git.read(rev, naming.PARAMS_FILE)
-    try:
-        loaded = yaml.safe_load(raw) if raw else {}
-    except yaml.YAMLError:
-        loaded = {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
 def common_checkpoint(project: Project, tip_a: str, tip_b: str) -> Checkpoint | None:
     """The newest checkpoint on both first-parent lines (where the two runs part)."""
     in_a = {c.commit for c in lineage.checkpoints(project, tip_a)}
@@ -653,7 +635,7 @@ def diff(
     rec_a, rec_b = lineage.record(project, a, tip_a), lineage.record(project, b, tip_b)
     chain_a, chain_b = chain_from_git(project, a), chain_from_git(project, b)
 
-    cfg_a, cfg_b = config_at(project, tip_a), config_at(project, tip_b)
+    cfg_a, cfg_b = project.params_at(tip_a), project.params_at(tip_b)
     flat_a, flat_b = flatten(cfg_a), flatten(cfg_b)
     changes = [
         ConfigChange(k, flat_a.get(k), flat_b.get(k), k in flat_a, k in flat_b)
@@ -675,7 +657,7 @@ def diff(
     cp = common_checkpoint(project, tip_a, tip_b)
     fork_point = None
     if cp is not None:
-        until = inherited_until(cp.iteration, cp.step, rec_b.stages or rec_a.stages)
+        until = lineage.inherited_until(cp.iteration, cp.step, rec_b.stages or rec_a.stages)
         fork_point = ForkPoint(
             cp.run, cp.iteration, cp.step, cp.commit, until if until >= 0 else None
         )

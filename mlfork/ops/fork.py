@@ -20,7 +20,16 @@ from ..errors import LockedKeyError, NotFound, OverrideError, UsageError
 from ..models import Checkpoint, ParentRef, RunRecord, RunResult
 from . import lineage, track
 from .project import MISSING, Project, dotted_get, record_text
-from .run import Progress, _options, _quiet, advance, check_new_name, next_free_name, now_iso
+from .run import (
+    Progress,
+    _check_positive,
+    _options,
+    _quiet,
+    advance,
+    check_new_name,
+    next_free_name,
+    now_iso,
+)
 
 
 @dataclass
@@ -192,14 +201,13 @@ def branch(
         raise UsageError(f"--iterations must be 0 or more, got {iterations}")
     if run and not switch:
         raise UsageError("--run continues the fork in the workspace: drop --no-switch")
-    for flag, value in (("--timeout", timeout), ("--stage-timeout", stage_timeout)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{flag} must be positive, got {value:g}")
+    _check_positive("--timeout", timeout)
+    _check_positive("--stage-timeout", stage_timeout)
 
     parent_rec = project.read_record(cp.commit)  # the record of the run that ran it
     assert parent_rec is not None and parent_rec.name == cp.run
     policy = project.policy(cp.commit)
-    completed = cp.iteration + 1 if cp.step == stages[-1] else cp.iteration
+    completed = lineage.inherited_until(cp.iteration, cp.step, stages) + 1
     cumulative, own, k = resolve_overrides(
         parent_rec.overrides, overrides, policy.relative, policy.not_inherited, completed,
         groups=project.config_groups(cp.commit),

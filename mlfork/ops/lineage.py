@@ -138,6 +138,12 @@ def position(project: Project, rev: str) -> Position:
     return Position(None, None)
 
 
+def inherited_until(iteration: int, step: str, stages: list[str]) -> int:
+    """A fork after the last stage of iteration N inherits 0..N; one inside iteration N
+    inherits 0..N-1 (the tag `mlfork.inherited_until`)."""
+    return iteration if stages and step == stages[-1] else iteration - 1
+
+
 def end_of_iteration(cps: list[Checkpoint], stages: list[str]) -> dict[int, Checkpoint]:
     """iteration -> the checkpoint of its last stage."""
     last = stages[-1] if stages else None
@@ -177,14 +183,7 @@ def run_status(project: Project, run: str, done: int, budget: int) -> str:
 
 def headline_at(project: Project, rev: str) -> tuple[str | None, float | None]:
     """The headline metric (`val_metric` of params.yaml) and its value at a commit."""
-    params = project.git.read(rev, naming.PARAMS_FILE)
-    name = None
-    if params:
-        try:
-            loaded = yaml.safe_load(params) or {}
-            name = loaded.get("val_metric") if isinstance(loaded, dict) else None
-        except yaml.YAMLError:
-            name = None
+    name = project.params_at(rev).get("val_metric")
     if not isinstance(name, str):
         return None, None
     return name, MetricsReader(project).at(rev).get(name)

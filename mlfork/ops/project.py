@@ -67,6 +67,15 @@ class Project:
             raise MalformedFile(path, "expected a mapping at the top")
         return loaded
 
+    def params_at(self, rev: str) -> dict[str, Any]:
+        """The composed config of a commit (its params.yaml); {} if missing or unreadable."""
+        raw = self.git.read(rev, naming.PARAMS_FILE)
+        try:
+            loaded = yaml.safe_load(raw) if raw else {}
+        except yaml.YAMLError:
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
     def config_groups(self, rev: str) -> list[str]:
         """The Hydra config groups (folders of conf/) at `rev`."""
         return self.git.subdirs(rev, naming.CONF_DIR)

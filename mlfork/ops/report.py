@@ -213,7 +213,7 @@ def reproduce(project: Project, fork: str) -> list[str]:
         args = ["mlfork", "run", "--name", fork, "--iterations", str(rec.iterations)]
         return [shlex.join([*args, *rec.overrides])]
     p = rec.parent
-    completed = compare.inherited_until(p.iteration, p.step, rec.stages) + 1
+    completed = lineage.inherited_until(p.iteration, p.step, rec.stages) + 1
     relative = set(project.policy(rev).relative)
     own = []
     for ov in hydra.parse_overrides(list(rec.own_overrides)):
@@ -298,7 +298,7 @@ def _markdown(
     lines = [marker(fork), f"## mlfork report: `{fork}`", ""]
     p = rec.parent
     if p is not None:
-        first = compare.inherited_until(p.iteration, p.step, rec.stages) + 1
+        first = lineage.inherited_until(p.iteration, p.step, rec.stages) + 1
         last = d.b_iteration
         if last is None or last < first:
             span = "no iteration of its own yet"

@@ -95,7 +95,6 @@ def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
     tags[naming.TAG_LINEAGE] = text
     if rec.parent is not None:
         p = rec.parent
-        at_end = bool(rec.stages) and p.step == rec.stages[-1]
         tags.update(
             {
                 naming.TAG_PARENT_RUN: p.run,
@@ -103,7 +102,9 @@ def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
                 naming.TAG_FORK_STEP: p.step,
                 naming.TAG_FORK_COMMIT: p.commit,
                 # the last step whose metric points come from the ancestors
-                naming.TAG_INHERITED_UNTIL: str(p.iteration if at_end else p.iteration - 1),
+                naming.TAG_INHERITED_UNTIL: str(
+                    lineage.inherited_until(p.iteration, p.step, rec.stages)
+                ),
             }
         )
     locked = project.policy(rec.parent.commit).locked if rec.parent is not None else ()
@@ -195,12 +196,10 @@ def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:
 
 
 def run_params(project: Project, rev: str) -> dict[str, str]:
-    import yaml
-
-    raw = project.git.read(rev, naming.PARAMS_FILE)
-    config = (yaml.safe_load(raw) or {}) if raw else {}
     return {
-        k: v for k, v in flatten(config).items() if k.split(".")[0] not in EXCLUDED_PARAMS
+        k: v
+        for k, v in flatten(project.params_at(rev)).items()
+        if k.split(".")[0] not in EXCLUDED_PARAMS
     }
 
 
