@@ -104,8 +104,10 @@ def base_project(tmp_path: Path, base_template: Path) -> Path:
 
 
 DELAY_SCRIPT = """\
-import os, sys, time
+import os, signal, sys, time
 import yaml
+if os.environ.get("MLFORK_TEST_DELAY_IGNORE_SIGINT"):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 stage = sys.argv[1]
 iteration = (yaml.safe_load(open("params.yaml")) or {}).get("iteration")
 for item in filter(None, os.environ.get("MLFORK_TEST_DELAY", "").split(",")):
@@ -129,7 +131,8 @@ def delay_template(tmp_path_factory: pytest.TempPathFactory, template: Path) -> 
     with MLFORK_TEST_DELAY="train:1:30" the train stage of iteration 1 sleeps 30 s first
     (`*` for any iteration), so a test can stop a run in the middle of a chosen stage.
     With MLFORK_TEST_DELAY_MARKS=DIR it creates DIR/<stage>-<iteration> as it starts to
-    sleep; with MLFORK_TEST_DELAY_SIGINT_EXIT=N it exits N on Ctrl-C (as some tools do)."""
+    sleep; with MLFORK_TEST_DELAY_SIGINT_EXIT=N it exits N on Ctrl-C (as some tools do), with
+    MLFORK_TEST_DELAY_IGNORE_SIGINT=1 it ignores Ctrl-C."""
     import yaml
 
     root = copy_project(template, tmp_path_factory.mktemp("delay") / "proj")

@@ -202,16 +202,11 @@ def mlflow_run(root: Path, name: str):  # noqa: ANN201 - an mlflow Run
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="DVC ignores SIGINT in mlfork while a stage runs, so mlfork only sees the stage's "
-    "exit code: a stage that exits 1 on Ctrl-C (any tool that traps INT, or a Python stage "
-    "interrupted during interpreter start-up) is reported as a failed stage (exit 8, state "
-    "'failed') instead of an interruption (exit 130)",
-)
 def test_ctrl_c_is_an_interruption_whatever_the_stage_exits_with(
     delay_project: Path, tmp_path: Path
 ) -> None:
+    """A stage that exits 1 on Ctrl-C (as many tools do) is still an interruption: exit 130,
+    state 'interrupted', and resume completes the run."""
     root = delay_project
     proc = start_run(root, tmp_path, "--name", "c", "--iterations", "1", delay="train:0:30",
                      env={"MLFORK_TEST_DELAY_SIGINT_EXIT": "1"})
@@ -222,6 +217,41 @@ def test_ctrl_c_is_an_interruption_whatever_the_stage_exits_with(
     finally:
         stop_group(proc)
     assert code == 130, (tmp_path / "run.err").read_text()
+    assert "mlfork resume c" in (tmp_path / "run.err").read_text()
+    runs = json.loads(cli(root, "runs", "--json").stdout)
+    assert [(r["name"], r["status"]) for r in runs] == [("c", "interrupted")]
+    resumed = cli(root, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_complete(root, "c", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage_ignores", [False, True], ids=["stage-obeys", "stage-ignores"])
+def test_sigint_to_mlfork_alone_stops_the_stage_too(
+    delay_project: Path, tmp_path: Path, stage_ignores: bool
+) -> None:
+    """`kill -INT <mlfork>` (not the terminal's Ctrl-C, which reaches the whole group): the
+    stage did not get the signal, so mlfork passes it on after a grace period (and kills a
+    stage that ignores it after another), exits 130 and leaves no stage process behind."""
+    import psutil
+
+    root = delay_project
+    env = {"MLFORK_TEST_DELAY_IGNORE_SIGINT": "1"} if stage_ignores else {}
+    proc = start_run(root, tmp_path, "--name", "c", "--iterations", "1", delay="train:0:60",
+                     env=env)
+    try:
+        wait_mid_stage(root, tmp_path, proc, "c", 0, "train")
+        stage = psutil.Process(proc.pid).children(recursive=True)
+        assert stage
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        psutil.wait_procs(stage, timeout=10)
+        running = [p for p in stage if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        stop_group(proc)
+    assert code == 130, (tmp_path / "run.err").read_text()
+    assert not running, (tmp_path / "run.err").read_text()
+    assert committed_pairs(root, "c") == [(0, "data_split")]
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Stages run in-process through `Repo.reproduce`, one at a time. The stage's own output
 (its subprocess writes to our file descriptors 1 and 2) is captured at the descriptor level
 into a per-stage log file, with the last lines kept for the error message; a watchdog kills
-the stage's processes when a timeout passes.
+the stage's processes when a timeout passes. `Repo.reproduce` runs in a worker thread so
+that Ctrl-C always reaches mlfork (see `_interruptible`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import contextlib
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -29,6 +31,8 @@ LOCK_FILE = "dvc.lock"
 PROJECT_FILE = "dvc.yaml"
 LINK_TYPES = "reflink,hardlink,symlink"
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+GRACE = 5.0  # seconds a stage gets to stop after Ctrl-C, then after SIGINT
+T = TypeVar("T")
 
 
 @dataclass
@@ -278,8 +282,10 @@ class DvcProject:
         watchdog = _Watchdog(deadline, on_children)
         try:
             with _cwd(self.root), _capture_fds(log_path, tail, echo), watchdog:
-                result = self.repo.reproduce(
-                    name, single_item=True, run_cache=run_cache, run_env=env
+                result = _interruptible(
+                    lambda: self.repo.reproduce(
+                        name, single_item=True, run_cache=run_cache, run_env=env
+                    )
                 )
         except DvcException as exc:
             text = "".join(str(e) + "\n" for e in _chain(exc))
@@ -339,6 +345,62 @@ class _Watchdog:
                 for child in children:
                     with contextlib.suppress(psutil.Error):
                         child.kill()
+
+
+def _interruptible(call: Callable[[], T]) -> T:
+    """Run `call` (a DVC reproduce) so that Ctrl-C reaches mlfork whatever the stage does.
+
+    On the main thread DVC sets SIGINT to "ignore" while a stage command runs, so mlfork
+    would only see the stage's exit code, and a stage that exits 1 on Ctrl-C would look like
+    a failure. DVC leaves signals alone off the main thread: the call runs in a worker, and
+    the main thread, waiting for it, gets the KeyboardInterrupt. The stage is then given
+    `GRACE` seconds to stop on its own (Ctrl-C at a terminal reaches it too), then SIGINT,
+    then SIGKILL; a second Ctrl-C skips the waiting. KeyboardInterrupt is re-raised once
+    the worker has finished, so DVC never runs on behind mlfork's back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: on 3.11 a join interrupted by a signal
+    # marks the thread finished while it runs on (the bpo-45274 fix)
+
+    def work() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="mlfork-stage", daemon=True)
+    worker.start()
+    interrupted = False
+    escalate: list[int] = []  # the signals still to send, one per GRACE
+    due: float | None = None  # when to send the next one
+    while not done.is_set():
+        try:
+            done.wait(None if due is None else max(0.0, due - time.monotonic()))
+        except KeyboardInterrupt:
+            escalate = [signal.SIGKILL] if interrupted else [signal.SIGINT, signal.SIGKILL]
+            due = time.monotonic() + (0.0 if interrupted else GRACE)
+            interrupted = True
+            continue
+        if due is not None and not done.is_set() and time.monotonic() >= due:
+            _signal_children(escalate.pop(0))
+            due = time.monotonic() + GRACE if escalate else None
+    if interrupted:
+        raise KeyboardInterrupt
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _signal_children(sig: int) -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(sig)
 
 
 @contextmanager
