@@ -139,8 +139,8 @@ def replay(path: str = ".", run: str | None = None, **options: Any) -> Any:
 
 
 def verify(path: str = ".", run: str | None = None, **options: Any) -> Any:
-    """`mlfork verify RUN --from-iteration N` -> ops.replay.VerifyResult; from_iteration,
+    """`mlfork verify RUN --from-iteration N` -> ops.verify.VerifyResult; from_iteration,
     iterations, keep, progress."""
-    from .ops.replay import verify as _verify
+    from .ops.verify import verify as _verify
 
     return _verify(path=path, run=run, **options)

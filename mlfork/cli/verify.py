@@ -34,7 +34,7 @@ def command(ctx: click.Context, run: str | None, from_iteration: int, iterations
     Example: mlfork verify base --from-iteration 1
     """
     from ..errors import Diverged
-    from ..ops.replay import verify
+    from ..ops.verify import verify
     from .replay import render_comparison
 
     with ProgressView() as view:

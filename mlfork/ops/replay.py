@@ -8,8 +8,7 @@
   SHA-256, streamed.
 - `launch`: the same, then run it as a new run `<run>-replay-<k>` with DVC's run cache off,
   and compare every iteration's metrics and DVC output hashes with the original's.
-- `verify`: fork a run at the end of iteration N without overrides, resume the fork, compare
-  with the run's own next iterations, put the workspace back and remove the scratch fork.
+`mlfork verify` lives in verify.py; the comparison both report, in divergence.py.
 
 Everything is validated before the first write: a refused replay writes nothing.
 """
@@ -17,11 +16,9 @@ Everything is validated before the first write: a refused replay writes nothing.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shlex
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,14 +34,13 @@ from ..errors import (
 )
 from ..models import Checkpoint, RunResult
 from . import lineage, manifest, track
+from .divergence import Comparison, compare, iteration_span, str_or_none
 from .project import Project, record_text
-from .run import Event, Progress, _quiet, advance, check_new_name, next_free_name, now_iso
+from .run import Event, Progress, _quiet, advance, check_new_name, now_iso
 
 # Run-record tags (mirrored to MLflow as tags of the same name) naming what a run replays.
 TAG_REPLAY_OF = "mlfork.replay_of"
 TAG_REPLAY_ITERATION = "mlfork.replay_iteration"
-TAG_VERIFY_OF = "mlfork.verify_of"
-VERIFY_STEM = "{run}-verify"
 
 DatasetStatus = Literal["match", "mismatch", "missing"]
 
@@ -117,99 +113,6 @@ class ReplayPlan:
 
 
 @dataclass
-class MetricDivergence:
-    metric: str
-    iteration: int
-    original: float | None
-    replay: float | None
-    difference: float  # |original - replay|; inf when one side lacks the metric
-
-    def line(self) -> str:
-        return (
-            f"{self.metric}: {_num(self.difference)} at iteration {self.iteration}"
-            f" ({_num(self.original)} -> {_num(self.replay)})"
-        )
-
-
-@dataclass
-class OutputDivergence:
-    iteration: int
-    path: str
-    original: str | None
-    replay: str | None
-
-    def line(self) -> str:
-        return (
-            f"{self.path} at iteration {self.iteration}:"
-            f" md5 {(self.original or 'absent')[:12]} -> {(self.replay or 'absent')[:12]}"
-        )
-
-
-@dataclass
-class IterationComparison:
-    iteration: int
-    original_commit: str | None
-    replay_commit: str | None
-    metrics_identical: bool
-    outputs_identical: bool
-
-    @property
-    def identical(self) -> bool:
-        return self.metrics_identical and self.outputs_identical
-
-
-@dataclass
-class Comparison:
-    """Every compared iteration's metrics (exact equality) and DVC output hashes."""
-
-    original: str
-    replay: str
-    iterations: list[int]
-    rows: list[IterationComparison] = field(default_factory=list)
-    largest: list[MetricDivergence] = field(default_factory=list)  # per differing metric
-    first_metric: MetricDivergence | None = None
-    first_output: OutputDivergence | None = None
-    missing: list[int] = field(default_factory=list)  # iterations the replay did not complete
-
-    @property
-    def identical(self) -> bool:
-        return bool(self.rows) and not self.missing and all(r.identical for r in self.rows)
-
-    @property
-    def first_iteration(self) -> int | None:
-        return next((r.iteration for r in self.rows if not r.identical), None)
-
-    def summary(self) -> str:
-        span = _span(self.iterations)
-        if self.identical:
-            return (
-                f"identical: {span} of '{self.replay}'"
-                f" {'match' if len(self.iterations) > 1 else 'matches'} '{self.original}'"
-                " bit for bit"
-                " (every metric and every DVC output hash)"
-            )
-        parts = [f"diverged from '{self.original}'"]
-        if self.first_iteration is not None:
-            parts.append(f"first at iteration {self.first_iteration}")
-        if self.first_metric is not None:
-            parts.append(f"metric {self.first_metric.line()}")
-        if self.first_output is not None:
-            parts.append(f"output {self.first_output.line()}")
-        if self.missing:
-            parts.append(f"iterations not completed by the replay: {_span(self.missing)}")
-        return "; ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["identical"] = self.identical
-        data["first_iteration"] = self.first_iteration
-        data["summary"] = self.summary()
-        for row, out in zip(self.rows, data["rows"], strict=True):
-            out["identical"] = row.identical
-        return data
-
-
-@dataclass
 class ReplayResult:
     """What `mlfork replay RUN --launch` did."""
 
@@ -227,35 +130,6 @@ class ReplayResult:
             "run": self.run.to_dict(),
             "comparison": self.comparison.to_dict(),
             "identical": self.identical,
-        }
-
-
-@dataclass
-class VerifyResult:
-    """What `mlfork verify` did."""
-
-    run: str
-    from_iteration: int
-    iterations: int
-    scratch: str
-    kept: bool
-    comparison: Comparison
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def identical(self) -> bool:
-        return self.comparison.identical
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run": self.run,
-            "from_iteration": self.from_iteration,
-            "iterations": self.iterations,
-            "scratch": self.scratch,
-            "kept": self.kept,
-            "identical": self.identical,
-            "comparison": self.comparison.to_dict(),
-            "warnings": list(self.warnings),
         }
 
 
@@ -302,8 +176,8 @@ def load_manifest(
         iteration = max(ends)
     if iteration not in ends:
         raise NotFound(
-            f"iteration {iteration} of '{run}' is not completed (completed: {_span(sorted(ends))});"
-            " pick one of those"
+            f"iteration {iteration} of '{run}' is not completed"
+            f" (completed: {iteration_span(sorted(ends))}); pick one of those"
         )
     cp = ends[iteration]
     text = project.git.read(cp.commit, naming.REPLAY_MANIFEST)
@@ -480,15 +354,16 @@ def check_datasets(
     checks: list[DatasetCheck] = []
     for path, entry in sorted(entries.items()):
         if entry.get("source") == "dvc":
-            recorded = _str(entry.get("md5"))
+            recorded = str_or_none(entry.get("md5"))
             current, where = None, ""
             dvcfile = git.read(start, path + ".dvc")
             if dvcfile is not None:
                 current, where = _dvc_file_md5(dvcfile, path), f"{path}.dvc at {start[:10]}"
             elif path in start_lock:
-                current, where = _str(start_lock[path].get("md5")), f"dvc.lock at {start[:10]}"
+                current = str_or_none(start_lock[path].get("md5"))
+                where = f"dvc.lock at {start[:10]}"
             elif path in run_lock:
-                current = _str(run_lock[path].get("md5"))
+                current = str_or_none(run_lock[path].get("md5"))
                 where = "the run's dvc.lock, regenerated by the replay's pipeline"
             if current is None:
                 checks.append(DatasetCheck(
@@ -504,7 +379,7 @@ def check_datasets(
 
 
 def _check_file(project: Project, path: str, entry: dict[str, Any], start: str) -> DatasetCheck:
-    recorded, size = _str(entry.get("sha256")), entry.get("size")
+    recorded, size = str_or_none(entry.get("sha256")), entry.get("size")
     git = project.git
     if not os.path.isabs(path) and git.has_path(start, path):
         blob = git.read(start, path) or b""
@@ -539,14 +414,14 @@ def _dvc_file_md5(text: bytes, path: str) -> str | None:
     base = os.path.basename(path)
     for out in (data.get("outs") or []) if isinstance(data, dict) else []:
         if isinstance(out, dict) and os.path.normpath(str(out.get("path"))) == base:
-            return _str(out.get("md5"))
+            return str_or_none(out.get("md5"))
     return None
 
 
 # -- launch ------------------------------------------------------------------------------------
 
 
-class _Once:
+class Once:
     """Forwards progress events, each distinct warning once (fork and resume warn about the
     same environment drift)."""
 
@@ -586,7 +461,7 @@ def launch(
     from .fork import branch
     from .run import resume
 
-    say = _Once(progress)
+    say = Once(progress)
     project = Project.open(path)
     try:
         p = _plan(project, run, iteration, name)
@@ -698,280 +573,3 @@ def _start_at(
             project, p.name, lock=lock, target=p.iteration + 1, progress=progress, echo=echo,
             run_cache=False, signature=sig, argv=argv, pythonhashseed=pythonhashseed,
         )
-
-
-# -- compare -----------------------------------------------------------------------------------
-
-
-def compare(
-    project: Project,
-    original_rev: str,
-    replay_rev: str,
-    iterations: Iterable[int],
-    *,
-    original: str = "",
-    replay: str = "",
-) -> Comparison:
-    """Compare the end-of-iteration checkpoints of two lineages (each read from the
-    first-parent history of its commit) iteration by iteration: the metrics exactly, and the
-    md5 of every DVC output in dvc.lock."""
-    its = list(iterations)
-    result = Comparison(original=original or original_rev[:10], replay=replay or replay_rev[:10],
-                        iterations=its)
-    ends_o = _ends(project, original_rev)
-    ends_r = _ends(project, replay_rev)
-    reader = lineage.MetricsReader(project)
-    largest: dict[str, MetricDivergence] = {}
-    for it in its:
-        oc, rc = ends_o.get(it), ends_r.get(it)
-        if oc is None or rc is None:
-            result.missing.append(it)
-            result.rows.append(IterationComparison(
-                it, oc.commit if oc else None, rc.commit if rc else None, False, False
-            ))
-            continue
-        om, rm = reader.at(oc.commit), reader.at(rc.commit)
-        metrics_ok = True
-        for key in sorted(set(om) | set(rm)):
-            a, b = om.get(key), rm.get(key)
-            if a == b:
-                continue
-            metrics_ok = False
-            diff = abs(a - b) if a is not None and b is not None else math.inf
-            div = MetricDivergence(key, it, a, b, diff)
-            if result.first_metric is None:
-                result.first_metric = div
-            if key not in largest or diff > largest[key].difference:
-                largest[key] = div
-        oo, ro = _outputs(project, oc.commit), _outputs(project, rc.commit)
-        outputs_ok = True
-        for out in [*oo, *(k for k in ro if k not in oo)]:  # pipeline order, as in dvc.lock
-            if oo.get(out) != ro.get(out):
-                outputs_ok = False
-                if result.first_output is None:
-                    result.first_output = OutputDivergence(it, out, oo.get(out), ro.get(out))
-        result.rows.append(
-            IterationComparison(it, oc.commit, rc.commit, metrics_ok, outputs_ok)
-        )
-    result.largest = [largest[k] for k in sorted(largest)]
-    return result
-
-
-def _ends(project: Project, rev: str) -> dict[int, Checkpoint]:
-    rec = project.read_record(rev)
-    if rec is None or not rec.stages:
-        return {}
-    return lineage.end_of_iteration(lineage.checkpoints(project, rev), rec.stages)
-
-
-def _outputs(project: Project, commit: str) -> dict[str, str | None]:
-    from ..adapters.dvc import DvcProject
-
-    outs = DvcProject.lock_outputs(project.git.read(commit, "dvc.lock"))
-    return {path: _str(entry.get("md5")) for path, entry in outs.items()}
-
-
-# -- verify ------------------------------------------------------------------------------------
-
-
-def verify(
-    *,
-    path: str | os.PathLike[str] = ".",
-    run: str | None = None,
-    from_iteration: int,
-    iterations: int | None = None,
-    keep: bool = False,
-    progress: Progress = _quiet,
-    echo: bool = False,
-    argv: Sequence[str] = (),
-) -> VerifyResult:
-    """Fork `run` at the end of `from_iteration` without overrides into a scratch run,
-    resume it for `iterations` (default: up to the run's last completed iteration) with
-    DVC's run cache off, and compare those iterations with the run's. The checked-out
-    branch and its DVC outputs are restored at the end; the scratch fork (branch, MLflow
-    run, local state) is removed unless `keep`."""
-    from .fork import branch
-    from .run import resume
-
-    say = _Once(progress)
-    project = Project.open(path)
-    try:
-        git = project.git
-        src = lineage.resolve_run(project, run)
-        rev = lineage.tip(project, src)
-        rec = lineage.record(project, src, rev)
-        ends = lineage.end_of_iteration(lineage.checkpoints(project, rev), rec.stages)
-        n = from_iteration
-        if n < 0:
-            raise UsageError(f"--from-iteration must be 0 or more, got {n}")
-        if n not in ends:
-            span = _span(sorted(ends)) if ends else "none yet"
-            raise NotFound(
-                f"iteration {n} of '{src}' is not completed (completed: {span}); pick one of those"
-            )
-        last = max(ends)
-        if n >= last:
-            raise UsageError(
-                f"iteration {n} is the last completed iteration of '{src}': nothing after it to"
-                f" compare with; pick --from-iteration below {n}, or 'mlfork resume {src}' first"
-            )
-        k = iterations if iterations is not None else last - n
-        if k < 1:
-            raise UsageError(f"--iterations must be 1 or more, got {k}")
-        if n + k > last:
-            raise UsageError(
-                f"--iterations {k} goes past the last completed iteration of '{src}' ({last}):"
-                f" at most {last - n}"
-            )
-        previous = git.head_branch()
-        if previous is None:
-            raise UsageError(
-                "HEAD is detached: check out a branch first (verify switches back to it)"
-            )
-        git.require_clean()
-        scratch = next_free_name(project, VERIFY_STEM.format(run=src))
-        check_new_name(project, scratch)
-        seed = _pythonhashseed(project, ends[n + 1].commit)
-        original_rev = ends[n + k].commit
-    finally:
-        project.close()
-
-    created = False
-    warnings: list[str] = []
-    comparison: Comparison | None = None
-    try:
-        branch(
-            path=path, source=src, from_iteration=n, name=scratch, iterations=k,
-            tags=[f"{TAG_VERIFY_OF}={src}"], argv=argv, progress=say,
-        )
-        created = True
-        resume(path=path, run=scratch, run_cache=False, pythonhashseed=seed, progress=say,
-               echo=echo, argv=argv)
-        project = Project.open(path)
-        try:
-            comparison = compare(
-                project, original_rev, lineage.tip(project, scratch), range(n + 1, n + k + 1),
-                original=src, replay=scratch,
-            )
-        finally:
-            project.close()
-    finally:
-        warnings = _put_back(path, previous, scratch, created, keep, say)
-    assert comparison is not None
-    return VerifyResult(
-        run=src, from_iteration=n, iterations=k, scratch=scratch, kept=keep and created,
-        comparison=comparison, warnings=warnings,
-    )
-
-
-def _pythonhashseed(project: Project, commit: str) -> str | None:
-    text = project.git.read(commit, naming.REPLAY_MANIFEST)
-    if text is None:
-        return None
-    try:
-        value = manifest.load(text).seed.get("PYTHONHASHSEED")
-    except MalformedFile:
-        return None
-    return str(value) if value not in (None, "") else None
-
-
-def _put_back(
-    path: str | os.PathLike[str],
-    previous: str,
-    scratch: str,
-    created: bool,
-    keep: bool,
-    progress: Progress,
-) -> list[str]:
-    """Switch back to `previous` (leftovers of a failed scratch stage restored first) with
-    its DVC outputs, and remove the scratch run unless `keep`. Never raises: what cannot be
-    done is returned (and reported) as a warning."""
-    from .run import _restore_leftovers
-
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        progress(Event("warning", scratch, message=message))
-
-    project = Project.open(path)
-    try:
-        with project.lock(scratch, "verify"):
-            git = project.git
-            if git.head_branch() != previous:
-                try:
-                    tip = git.head_commit()
-                    policy = project.policy(tip) if tip else None
-                    extra = (policy.checkpoint_resume,) if policy and policy.checkpoint_output \
-                        and policy.checkpoint_resume else ()
-                    managed = set(project.dvc.managed_paths(extra))
-                    managed |= {naming.PARAMS_FILE, naming.RUN_RECORD, naming.REPLAY_MANIFEST}
-                    _restore_leftovers(project, managed)
-                    git.switch(previous)
-                    project.dvc.checkout()
-                except MlforkError as exc:
-                    warn(f"could not switch back to '{previous}' ({exc}): the workspace is on"
-                         f" 'mlfork/{scratch}', which is kept")
-                    return warnings
-            if created and not keep:
-                warnings += remove_run(project, scratch, warn)
-    except MlforkError as exc:
-        warn(f"the scratch run '{scratch}' could not be cleaned up: {exc}")
-    finally:
-        project.close()
-    return warnings
-
-
-def remove_run(project: Project, name: str, warn: Any) -> list[str]:
-    """Delete a run made by mlfork itself (a scratch fork): its branch, its MLflow run,
-    its pending tracking writes and its local state and logs."""
-    from ..adapters.tracking import Tracker
-
-    git = project.git
-    tip = git.resolve_branch(naming.branch_name(name))
-    if tip is None:
-        return []
-    uri = track.tracking_uri(project, tip)
-    experiment = track.experiment_name(project, tip)
-    git.delete_branch(naming.branch_name(name), tip)
-    for pending in track.pending(project):
-        if pending.stem[21:] == name:  # <20-digit time>-<run>.json
-            pending.unlink()
-    state = project.root / naming.STATE_DIR / f"{name}.json"
-    if state.exists():
-        state.unlink()
-    logs = project.root / naming.LOGS_DIR / name
-    if logs.is_dir():
-        shutil.rmtree(logs, ignore_errors=True)
-    try:
-        tracker = Tracker(uri)
-        run_id = tracker.find_run(experiment, name)
-        if run_id is not None:
-            tracker.client.delete_run(run_id)
-    except Exception as exc:  # the tracking store is a side channel: warn, never fail
-        warn(f"the MLflow run of '{name}' could not be deleted ({exc}): delete it in the"
-             " MLflow UI, or run 'mlfork sync --rebuild'")
-    return []
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "absent"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.6g}"
-
-
-def _span(its: Sequence[int]) -> str:
-    if not its:
-        return "none"
-    if len(its) == 1:
-        return f"iteration {its[0]}"
-    return f"iterations {its[0]} to {its[-1]}"

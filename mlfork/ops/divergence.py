@@ -1,0 +1,197 @@
+"""Iteration-by-iteration comparison of two lineages: what `mlfork replay --launch` and
+`mlfork verify` report. Metrics are compared exactly, DVC outputs by the md5 in dvc.lock."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..models import Checkpoint
+from . import lineage
+from .project import Project
+
+
+@dataclass
+class MetricDivergence:
+    metric: str
+    iteration: int
+    original: float | None
+    replay: float | None
+    difference: float  # |original - replay|; inf when one side lacks the metric
+
+    def line(self) -> str:
+        return (
+            f"{self.metric}: {_num(self.difference)} at iteration {self.iteration}"
+            f" ({_num(self.original)} -> {_num(self.replay)})"
+        )
+
+
+@dataclass
+class OutputDivergence:
+    iteration: int
+    path: str
+    original: str | None
+    replay: str | None
+
+    def line(self) -> str:
+        return (
+            f"{self.path} at iteration {self.iteration}:"
+            f" md5 {(self.original or 'absent')[:12]} -> {(self.replay or 'absent')[:12]}"
+        )
+
+
+@dataclass
+class IterationComparison:
+    iteration: int
+    original_commit: str | None
+    replay_commit: str | None
+    metrics_identical: bool
+    outputs_identical: bool
+
+    @property
+    def identical(self) -> bool:
+        return self.metrics_identical and self.outputs_identical
+
+
+@dataclass
+class Comparison:
+    """Every compared iteration's metrics (exact equality) and DVC output hashes."""
+
+    original: str
+    replay: str
+    iterations: list[int]
+    rows: list[IterationComparison] = field(default_factory=list)
+    largest: list[MetricDivergence] = field(default_factory=list)  # per differing metric
+    first_metric: MetricDivergence | None = None
+    first_output: OutputDivergence | None = None
+    missing: list[int] = field(default_factory=list)  # iterations the replay did not complete
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.rows) and not self.missing and all(r.identical for r in self.rows)
+
+    @property
+    def first_iteration(self) -> int | None:
+        return next((r.iteration for r in self.rows if not r.identical), None)
+
+    def summary(self) -> str:
+        span = iteration_span(self.iterations)
+        if self.identical:
+            return (
+                f"identical: {span} of '{self.replay}'"
+                f" {'match' if len(self.iterations) > 1 else 'matches'} '{self.original}'"
+                " bit for bit"
+                " (every metric and every DVC output hash)"
+            )
+        parts = [f"diverged from '{self.original}'"]
+        if self.first_iteration is not None:
+            parts.append(f"first at iteration {self.first_iteration}")
+        if self.first_metric is not None:
+            parts.append(f"metric {self.first_metric.line()}")
+        if self.first_output is not None:
+            parts.append(f"output {self.first_output.line()}")
+        if self.missing:
+            parts.append(f"iterations not completed by the replay: {iteration_span(self.missing)}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["identical"] = self.identical
+        data["first_iteration"] = self.first_iteration
+        data["summary"] = self.summary()
+        for row, out in zip(self.rows, data["rows"], strict=True):
+            out["identical"] = row.identical
+        return data
+
+
+def compare(
+    project: Project,
+    original_rev: str,
+    replay_rev: str,
+    iterations: Iterable[int],
+    *,
+    original: str = "",
+    replay: str = "",
+) -> Comparison:
+    """Compare the end-of-iteration checkpoints of two lineages (each read from the
+    first-parent history of its commit) iteration by iteration: the metrics exactly, and the
+    md5 of every DVC output in dvc.lock."""
+    its = list(iterations)
+    result = Comparison(original=original or original_rev[:10], replay=replay or replay_rev[:10],
+                        iterations=its)
+    ends_o = _ends(project, original_rev)
+    ends_r = _ends(project, replay_rev)
+    reader = lineage.MetricsReader(project)
+    largest: dict[str, MetricDivergence] = {}
+    for it in its:
+        oc, rc = ends_o.get(it), ends_r.get(it)
+        if oc is None or rc is None:
+            result.missing.append(it)
+            result.rows.append(IterationComparison(
+                it, oc.commit if oc else None, rc.commit if rc else None, False, False
+            ))
+            continue
+        om, rm = reader.at(oc.commit), reader.at(rc.commit)
+        metrics_ok = True
+        for key in sorted(set(om) | set(rm)):
+            a, b = om.get(key), rm.get(key)
+            if a == b:
+                continue
+            metrics_ok = False
+            diff = abs(a - b) if a is not None and b is not None else math.inf
+            div = MetricDivergence(key, it, a, b, diff)
+            if result.first_metric is None:
+                result.first_metric = div
+            if key not in largest or diff > largest[key].difference:
+                largest[key] = div
+        oo, ro = _outputs(project, oc.commit), _outputs(project, rc.commit)
+        outputs_ok = True
+        for out in [*oo, *(k for k in ro if k not in oo)]:  # pipeline order, as in dvc.lock
+            if oo.get(out) != ro.get(out):
+                outputs_ok = False
+                if result.first_output is None:
+                    result.first_output = OutputDivergence(it, out, oo.get(out), ro.get(out))
+        result.rows.append(
+            IterationComparison(it, oc.commit, rc.commit, metrics_ok, outputs_ok)
+        )
+    result.largest = [largest[k] for k in sorted(largest)]
+    return result
+
+
+def _ends(project: Project, rev: str) -> dict[int, Checkpoint]:
+    rec = project.read_record(rev)
+    if rec is None or not rec.stages:
+        return {}
+    return lineage.end_of_iteration(lineage.checkpoints(project, rev), rec.stages)
+
+
+def _outputs(project: Project, commit: str) -> dict[str, str | None]:
+    from ..adapters.dvc import DvcProject
+
+    outs = DvcProject.lock_outputs(project.git.read(commit, "dvc.lock"))
+    return {path: str_or_none(entry.get("md5")) for path, entry in outs.items()}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "absent"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.6g}"
+
+
+def iteration_span(its: Sequence[int]) -> str:
+    if not its:
+        return "none"
+    if len(its) == 1:
+        return f"iteration {its[0]}"
+    return f"iterations {its[0]} to {its[-1]}"
