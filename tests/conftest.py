@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -244,3 +244,33 @@ def wait_for(predicate: object, timeout: float = 120, what: str = "a condition")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """`proc`, after asserting that it exited 0 (its output is the failure message)."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def shared_build(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+    build: Callable[[Path], None],
+) -> Path:
+    """A project `build(dest)` makes once per session: under xdist the workers share one
+    copy through a file lock (a worker that failed half-way leaves it to be rebuilt)."""
+    if worker_id == "master":
+        dest = tmp_path_factory.mktemp(name) / "proj"
+        build(dest)
+        return dest
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / name
+    shared.mkdir(exist_ok=True)
+    dest, done = shared / "proj", shared / "done"
+    with FileLock(str(shared / "build.lock")):
+        if not done.exists():
+            if dest.exists():
+                shutil.rmtree(dest)
+            build(dest)
+            done.touch()
+    return dest

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -28,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import cli, copy_project, dvc, git
+from conftest import cli, copy_project, dvc, git, ok, shared_build
 
 import mlfork
 from mlfork.errors import NotFound, OutputPathError, UnknownRun, UsageError
@@ -63,32 +62,15 @@ def build_review(base_template: Path, dest: Path) -> None:
     ok(dvc(dest, "checkout"))
 
 
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="session")
 def review_template(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, worker_id: str
 ) -> Path:
     """Built once per session; under xdist the workers share it through a file lock."""
-    if worker_id == "master":
-        dest = tmp_path_factory.mktemp("review") / "proj"
-        build_review(request.getfixturevalue("base_template"), dest)
-        return dest
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp().parent / "compare-review"
-    shared.mkdir(exist_ok=True)
-    dest, done = shared / "proj", shared / "done"
-    with FileLock(str(shared / "build.lock")):
-        if not done.exists():
-            if dest.exists():  # a worker that failed half-way
-                shutil.rmtree(dest)
-            build_review(request.getfixturevalue("base_template"), dest)
-            done.touch()
-    return dest
+    return shared_build(
+        tmp_path_factory, worker_id, "compare-review",
+        lambda dest: build_review(request.getfixturevalue("base_template"), dest),
+    )
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import cli, copy_project, dvc, git, snapshot
+from conftest import cli, copy_project, dvc, git, ok, shared_build, snapshot
 
 import mlfork
 from mlfork.errors import AmbiguousRun
@@ -124,12 +123,7 @@ def _build_lineage(template: Path, dest: Path) -> None:
     mlfork.branch(path=str(dest), source="A", from_iteration=3, name="B", iterations=4, run=True)
     mlfork.branch(path=str(dest), source="B", from_iteration=6, name="C", run=True)
     git(dest, "switch", "-q", "mlfork/A")
-    subprocess_ok(dvc(dest, "checkout"))
-
-
-def subprocess_ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    ok(dvc(dest, "checkout"))
 
 
 @pytest.fixture(scope="session")
@@ -137,22 +131,9 @@ def lineage_template(
     tmp_path_factory: pytest.TempPathFactory, template: Path, worker_id: str
 ) -> Path:
     """Built once per session: under xdist the workers share it through a file lock."""
-    if worker_id == "master":
-        dest = tmp_path_factory.mktemp("lineage") / "proj"
-        _build_lineage(template, dest)
-        return dest
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp().parent / "fork-lineage"
-    shared.mkdir(exist_ok=True)
-    dest, done = shared / "proj", shared / "done"
-    with FileLock(str(shared / "build.lock")):
-        if not done.exists():
-            if dest.exists():  # a worker that failed half-way
-                shutil.rmtree(dest)
-            _build_lineage(template, dest)
-            done.touch()
-    return dest
+    return shared_build(
+        tmp_path_factory, worker_id, "fork-lineage", lambda dest: _build_lineage(template, dest)
+    )
 
 
 @pytest.fixture
@@ -653,7 +634,7 @@ def test_switch_moves_the_workspace_to_the_fork(base_project: Path) -> None:
         base_project, "show", "mlfork/f:params.yaml"
     )
     assert git(base_project, "status", "--porcelain", "--untracked-files=all") == ""
-    status = subprocess_ok(dvc(base_project, "status", "--json"))
+    status = ok(dvc(base_project, "status", "--json"))
     assert json.loads(status.stdout or "{}") == {}
 
 

@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import copy_project, dvc, git
+from conftest import copy_project, dvc, git, ok
 
 import mlfork
 
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def ok(proc: Any) -> Any:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 def checkout_fork(root: Path, name: str = "f") -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import test_compare
 import yaml
-from conftest import cli
-from test_compare import git_series, ok, unwritable_folder
+from conftest import cli, ok
+from test_compare import git_series, unwritable_folder
 
 import mlfork
 from mlfork.errors import OutputPathError, UsageError

@@ -342,9 +342,7 @@ class _Watchdog:
                 self.on_children(pids)
             if self.deadline is not None and time.monotonic() >= self.deadline and children:
                 self.fired = True
-                for child in children:
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
+                _signal_children(signal.SIGKILL, children)
 
 
 def _interruptible(call: Callable[[], T]) -> T:
@@ -395,10 +393,11 @@ def _interruptible(call: Callable[[], T]) -> T:
     return box["result"]
 
 
-def _signal_children(sig: int) -> None:
+def _signal_children(sig: int, children: list[Any] | None = None) -> None:
+    """Send `sig` to `children` (psutil processes; default: every descendant of ours)."""
     import psutil
 
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process().children(recursive=True) if children is None else children:
         with contextlib.suppress(psutil.Error):
             child.send_signal(sig)
 

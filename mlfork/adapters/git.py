@@ -276,17 +276,7 @@ class GitRepo:
             elif p in index:
                 index.remove(p)
         index.write()
-        tree = index.write_tree()
-        try:
-            oid = self._repo.create_commit(
-                "refs/heads/" + branch, sig, sig, message, tree, [parent]
-            )
-        except pygit2.GitError as exc:
-            raise MlforkError(
-                f"branch '{branch}' moved while mlfork was committing to it ({exc});"
-                " nothing was lost: check 'git log' and run the command again"
-            ) from exc
-        return str(oid)
+        return self._commit_on(branch, parent, index.write_tree(), message, sig)
 
     def commit_tree_files(
         self,
@@ -310,14 +300,20 @@ class GitRepo:
         for path, data in files.items():
             blob = self._repo.create_blob(data)
             builder_index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
-        tree = builder_index.write_tree(self._repo)
+        return self._commit_on(branch, parent, builder_index.write_tree(self._repo), message, sig)
+
+    def _commit_on(
+        self, branch: str, parent: str, tree: pygit2.Oid, message: str, sig: pygit2.Signature
+    ) -> str:
+        """Commit `tree` on `branch`, whose tip must still be `parent` (libgit2 checks it)."""
         try:
             oid = self._repo.create_commit(
                 "refs/heads/" + branch, sig, sig, message, tree, [parent]
             )
         except pygit2.GitError as exc:
             raise MlforkError(
-                f"branch '{branch}' moved while mlfork was committing: {exc}"
+                f"branch '{branch}' moved while mlfork was committing to it ({exc});"
+                " nothing was lost: check 'git log' and run the command again"
             ) from exc
         return str(oid)
 
