@@ -19,7 +19,11 @@ Exit codes (documented in the README):
     13 a dataset differs from the one a run used (replay refused without --force)
     14 a file mlfork reads is malformed (run record, replay manifest)
     15 an output path cannot be written
-    16 a replay or verify diverged from the original (metrics or checkpoint hashes differ)
+    16 a replay or verify did not reproduce the original (metrics or checkpoint hashes
+       differ, or nothing was recomputed)
+    17 missing data: an input DVC needs is in neither the workspace nor the DVC cache, and
+       no DVC remote provided it (the message names the `dvc pull` to run)
+    18 git refused an operation (a branch moved while mlfork worked on it, a switch failed)
     130 interrupted (Ctrl-C); resumable
 """
 
@@ -78,11 +82,12 @@ class ConfigError(ProjectError):
 class DirtyWorkingTree(MlforkError):
     exit_code = 4
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(
+        self, paths: Sequence[str], what: str = "the working tree has uncommitted changes",
+        fix: str = "commit or stash them first",
+    ) -> None:
         shown = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
-        super().__init__(
-            f"the working tree has uncommitted changes ({shown}): commit or stash them first"
-        )
+        super().__init__(f"{what} ({shown}): {fix}")
         self.paths = list(paths)
 
 
@@ -145,15 +150,26 @@ class LockedKeyError(MlforkError):
         self.key = key
 
 
+def _go_on(run: str, retry: str | None) -> str:
+    """How to continue: resume the run, or (a command that failed before its first
+    checkpoint, and so kept nothing) run the command again."""
+    if retry:
+        return f"run '{retry}' again (nothing was kept)"
+    return f"run 'mlfork resume {run}'"
+
+
 class StageFailed(MlforkError):
     exit_code = 8
 
-    def __init__(self, run: str, iteration: int, stage: str, returncode: int, tail: str) -> None:
+    def __init__(
+        self, run: str, iteration: int, stage: str, returncode: int, tail: str,
+        retry: str | None = None,
+    ) -> None:
         tail_text = " | ".join(line for line in tail.strip().splitlines()[-5:] if line.strip())
         super().__init__(
             f"stage '{stage}' of iteration {iteration} failed with exit code {returncode}"
             + (f": {tail_text}" if tail_text else "")
-            + f"; fix it, then run 'mlfork resume {run}'"
+            + f"; fix it, then {_go_on(run, retry)}"
         )
         self.stage = stage
         self.iteration = iteration
@@ -164,11 +180,18 @@ class StageFailed(MlforkError):
 class RunTimeout(MlforkError):
     exit_code = 9
 
-    def __init__(self, run: str, what: str, seconds: float) -> None:
-        super().__init__(
-            f"{what} timeout of {seconds:g}s reached; everything committed is kept:"
-            f" run 'mlfork resume {run}' to go on"
-        )
+    def __init__(
+        self, run: str, what: str, seconds: float, flag: str = "--timeout",
+        retry: str | None = None,
+    ) -> None:
+        if retry:
+            how = f"run '{retry}' again with a larger {flag} (nothing was kept)"
+        else:
+            how = (
+                f"everything committed is kept: run 'mlfork resume {run} {flag} S' with a"
+                f" larger S to go on"
+            )
+        super().__init__(f"{what} timeout of {seconds:g}s ({flag}) reached; {how}")
 
 
 class TrackingError(MlforkError):
@@ -216,10 +239,26 @@ class Diverged(MlforkError):
     exit_code = 16
 
 
+class MissingData(MlforkError):
+    """An input a stage or a checkpoint hand-off needs is in neither the workspace nor the
+    DVC cache, and no DVC remote provided it."""
+
+    exit_code = 17
+
+
+class GitError(MlforkError):
+    """git refused an operation: a ref moved under mlfork, a switch that failed."""
+
+    exit_code = 18
+
+
 class Interrupted(MlforkError):
     exit_code = 130
 
-    def __init__(self, run: str) -> None:
-        super().__init__(
-            f"interrupted; everything committed is kept: run 'mlfork resume {run}' to go on"
-        )
+    def __init__(self, run: str, retry: str | None = None) -> None:
+        if retry:
+            super().__init__(f"interrupted before the first checkpoint: {_go_on(run, retry)}")
+        else:
+            super().__init__(
+                f"interrupted; everything committed is kept: run 'mlfork resume {run}' to go on"
+            )

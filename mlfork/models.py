@@ -37,6 +37,7 @@ class RunRecord:
     argv: list[str] = field(default_factory=list)
     created: str = ""
     base_commit: str = ""
+    base_branch: str | None = None  # the branch the run started from (a root run)
     stages: list[str] = field(default_factory=list)
     schema: int = RUN_RECORD_SCHEMA
 
@@ -68,6 +69,7 @@ class RunRecord:
                 argv=[str(a) for a in data.get("argv") or []],
                 created=str(data.get("created") or ""),
                 base_commit=str(data.get("base_commit") or ""),
+                base_branch=str(data["base_branch"]) if data.get("base_branch") else None,
                 stages=[str(x) for x in data.get("stages") or []],
                 schema=int(data.get("schema", RUN_RECORD_SCHEMA)),
             )
@@ -132,14 +134,17 @@ class RunResult:
     done: int
     budget: int
     ran: list[tuple[int, str]] = field(default_factory=list)
+    recomputed: list[tuple[int, str]] = field(default_factory=list)  # stages DVC really ran
     headline: str | None = None
     headline_value: float | None = None
     warnings: list[str] = field(default_factory=list)
     tip: str = ""
+    suggestion: str | None = None  # an override of a real key of the project, for a hint
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ran"] = [{"iteration": i, "step": s} for i, s in self.ran]
+        data["recomputed"] = [{"iteration": i, "step": s} for i, s in self.recomputed]
         return data
 
 
@@ -156,12 +161,14 @@ class Policy:
     tracking_uri: str | None = None
 
     @classmethod
-    def from_config(cls, section: Any) -> Policy:
+    def from_config(cls, section: Any, source: str = "conf/config.yaml") -> Policy:
         if section is None:
             return cls()
         if not isinstance(section, dict):
-            raise MalformedFile("conf/config.yaml", "the 'mlfork' section must be a mapping")
+            raise MalformedFile(source, "the 'mlfork' section must be a mapping")
         ckpt = section.get("checkpoint") or {}
+        if not isinstance(ckpt, dict):
+            raise MalformedFile(source, "'mlfork.checkpoint' must map output and resume")
         defaults = cls()
         return cls(
             locked=tuple(section.get("locked", defaults.locked) or ()),
@@ -172,3 +179,75 @@ class Policy:
             experiment=section.get("experiment"),
             tracking_uri=section.get("tracking_uri"),
         )
+
+
+# -- the pipeline, as DVC's index describes it (adapters.dvc builds these) ---------------------
+
+
+@dataclass(frozen=True)
+class Out:
+    """A declared output: of a pipeline stage, or of a `.dvc` file (a data source)."""
+
+    path: str  # project-relative, posix
+    stage: str  # the stage's addressing, or the .dvc file's path
+    cache: bool
+    metric: bool = False
+    plot: bool = False
+    persist: bool = False
+    md5: str | None = None  # what dvc.lock / the .dvc file records (None: never ran)
+    size: int | None = None
+    nfiles: int | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage (a `foreach`/`matrix` item is a stage of its own)."""
+
+    name: str  # DVC's addressing: `train`, `train@lr-0.1`, `sub/dvc.yaml:train`
+    dvcfile: str
+    deps: tuple[str, ...]
+    params: tuple[tuple[str, tuple[str, ...]], ...]  # (params file, keys); () = whole file
+    outs: tuple[Out, ...]
+    frozen: bool = False
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What DVC declares in a workspace: the stages in run order, the data sources, the
+    DVC files, and the top-level metrics and plots."""
+
+    stages: tuple[Stage, ...] = ()
+    sources: tuple[Out, ...] = ()
+    dvcfiles: tuple[str, ...] = ()  # dvc.yaml and .dvc files
+    lockfiles: tuple[str, ...] = ()
+    top_metrics: tuple[str, ...] = ()
+    top_plots: tuple[str, ...] = ()
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def outs(self) -> list[Out]:
+        return [o for s in self.stages for o in s.outs] + list(self.sources)
+
+    def params_files(self) -> list[str]:
+        return sorted({f for s in self.stages for f, _ in s.params})
+
+    def tracked_params(self, file: str) -> list[tuple[str, ...]]:
+        """The keys of `file` each stage tracks (() for a stage tracking the whole file)."""
+        return [keys for s in self.stages for f, keys in s.params if f == file]
+
+    def declared(self) -> list[str]:
+        """Every path DVC owns in the workspace: DVC files, lock files, outputs, the top-level
+        metrics and plots, and the .gitignore files DVC keeps next to cached outputs."""
+        paths = {*self.dvcfiles, *self.lockfiles, *self.top_metrics, *self.top_plots}
+        for out in self.outs():
+            paths.add(out.path)
+            if out.cache:
+                folder = out.path.rsplit("/", 1)[0] if "/" in out.path else ""
+                paths.add(f"{folder}/.gitignore" if folder else ".gitignore")
+        return sorted(paths)
+
+    def owns(self, path: str) -> bool:
+        """Is `path` (project-relative) one of `declared()`, or inside one of them?"""
+        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.declared())

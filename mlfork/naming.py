@@ -12,6 +12,7 @@ RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Files, relative to the project root.
 MLFORK_DIR = ".mlfork"
 RUN_RECORD = ".mlfork/run.yaml"
+POLICY_FILE = ".mlfork/config.yaml"  # the policy of a project without conf/ (committed)
 REPLAY_MANIFEST = ".mlfork/replay.json"
 LOCAL_DIR = ".mlfork/local"
 TRACKING_DB = ".mlfork/local/mlflow.db"
@@ -19,6 +20,9 @@ LOCK_FILE = ".mlfork/local/lock"
 OUTBOX_DIR = ".mlfork/local/outbox"
 STATE_DIR = ".mlfork/local/state"
 LOGS_DIR = ".mlfork/local/logs"
+GUARD_DIR = ".mlfork/local/guard"  # what a command backs up until its first checkpoint
+DISPLACED_DIR = ".mlfork/local/displaced"  # DVC outputs moved out of a switch's way
+STRAYS_FILE = ".mlfork/local/strays.json"  # untracked files the pipeline's stages wrote
 PARAMS_FILE = "params.yaml"
 CONF_DIR = "conf"
 CONF_NAME = "config"
@@ -128,6 +132,24 @@ def parse_trailers(message: str) -> Trailers | None:
     except ValueError:
         return None
     return Trailers(run=run, iteration=it, step=found.get(TRAILER_STEP))
+
+
+def split_params_file(override: str) -> tuple[str | None, str]:
+    """DVC's `-S` grammar (`dvc exp run -S`): `train.yaml:lr=0.1` addresses the params file
+    `train.yaml`; without a `file:` before the `=` (or with `params.yaml:`), the override is
+    for the main config. -> (file or None, the override without the file)."""
+    head = override.partition("=")[0]
+    if ":" not in head:
+        return None, override
+    path, _, rest = override.partition(":")
+    path = path.strip()
+    if path.startswith("./"):
+        path = path[2:]
+    return (None if path == PARAMS_FILE else path), rest
+
+
+def format_params_file(path: str | None, override: str) -> str:
+    return f"{path}:{override}" if path else override
 
 
 def replay_run_name(run: str, k: int) -> str:

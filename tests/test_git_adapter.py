@@ -312,7 +312,16 @@ def test_dirty_paths(repo: Path) -> None:
     ]
     assert g.dirty_paths() == expected
     assert porcelain_paths(repo) == expected  # git agrees
-    assert g.dirty_paths(ignore=("deep/",)) == [p for p in expected if not p.startswith("deep/")]
+    status = g.status()
+    assert status.untracked == {"deep/er/untracked.txt", "staged.txt"} - {"staged.txt"}
+    assert status.changed == {"a.txt", "b.txt", "conf/config.yaml", "staged.txt"}
+    # a view of the folder conf/ (a project in a subfolder) names paths from there
+    sub_view = g.at(repo / "conf")
+    assert sub_view.dirty_paths() == ["../a.txt", "../b.txt", "../deep/er/untracked.txt",
+                                      "../staged.txt", "config.yaml"]
+    head = g.head_commit()
+    assert head is not None
+    assert sub_view.read(head, "config.yaml") == g.read(head, "conf/config.yaml")
     assert g.is_ignored("debug.log") and g.is_ignored("ignored/x.txt")
     assert not g.is_ignored("a.txt")
     with pytest.raises(MlforkError, match=r"uncommitted changes \(a.txt, b.txt") as info:

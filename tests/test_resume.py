@@ -254,30 +254,32 @@ def test_sigint_to_mlfork_alone_stops_the_stage_too(
     assert committed_pairs(root, "c") == [(0, "data_split")]
 
 
+def without_local(snap: dict) -> dict:
+    """A snapshot without mlfork's machine-local state (.mlfork/local/: logs, state)."""
+    files = {k: v for k, v in snap["files"].items() if not k.startswith(".mlfork/local/")}
+    return {**snap, "files": files}
+
+
 @pytest.mark.slow
-def test_run_timeout_stops_before_a_stage_and_resume_completes(project: Path) -> None:
+def test_run_timeout_before_the_first_checkpoint_keeps_nothing(project: Path) -> None:
     """A run-level --timeout shorter than the set-up stops the run before its first stage:
-    exit 9, the message names `mlfork resume`, the run record stays committed and the
-    state says timeout (in `mlfork runs` and in MLflow) until a resume finishes it."""
+    exit 9, and since no checkpoint was made, nothing is kept: no branch, HEAD, index and
+    workspace as they were; the message names the command to run again and the option
+    that raises the limit. With a longer --timeout the same command completes."""
     root = project
+    before = snapshot(root)
     stopped = cli(root, "run", "--name", "t", "--iterations", "1", "--timeout", "0.001")
     assert stopped.returncode == 9, stopped.stderr
-    assert "timeout" in stopped.stderr and "mlfork resume t" in stopped.stderr
-    commits = checkpoint_log(root, "mlfork/t")
-    assert commits[-1]["subject"] == "t: start run"
-    record = yaml.safe_load(git(root, "show", "mlfork/t:.mlfork/run.yaml"))
-    assert record["options"]["timeout"] == 0.001
-    runs = json.loads(cli(root, "runs", "--json").stdout)
-    assert [(r["name"], r["status"], r["done"], r["budget"]) for r in runs] == [
-        ("t", "timeout", 0, 1)
-    ]
-    assert mlflow_run(root, "t").info.status == "KILLED"
+    line = stopped.stderr.strip()
+    assert len(line.splitlines()) == 1, stopped.stderr
+    assert "--timeout" in line and "mlfork run --name t --iterations 1" in line, line
+    assert "nothing was kept" in line
+    assert without_local(snapshot(root)) == without_local(before)
+    assert git(root, "branch", "--list", "mlfork/*") == ""
 
-    # the recorded --timeout applies to every resume unless one passes another
-    resumed = cli(root, "resume", "--timeout", "600")
-    assert resumed.returncode == 0, resumed.stderr
+    again = cli(root, "run", "--name", "t", "--iterations", "1", "--timeout", "600")
+    assert again.returncode == 0, again.stderr
     assert_complete(root, "t", 1)
-    assert commits[-1]["sha"] in git(root, "rev-list", "mlfork/t")
     assert mlflow_run(root, "t").info.status == "FINISHED"
 
 
@@ -306,9 +308,16 @@ def test_stage_timeout_kills_the_stage_keeps_commits_and_resume_completes(
     runs = json.loads(cli(root, "runs", "--json").stdout)
     assert [(r["status"], r["done"], r["budget"]) for r in runs] == [("timeout", 1, 2)]
 
-    resumed = cli(root, "resume")  # --stage-timeout was for that resume only
+    # the run now keeps --stage-timeout 0.05: a plain resume stops again, and its message
+    # names the option that raises the limit
+    again = cli(root, "resume", env={"MLFORK_TEST_DELAY": "train:1:60"})
+    assert again.returncode == 9, again.stderr
+    assert "--stage-timeout" in again.stderr and "mlfork resume s" in again.stderr
+    resumed = cli(root, "resume", "--stage-timeout", "600")  # replaces the stored value
     assert resumed.returncode == 0, resumed.stderr
     assert_complete(root, "s", 2)
+    record = yaml.safe_load(git(root, "show", "mlfork/s:.mlfork/run.yaml"))
+    assert record["options"]["stage_timeout"] == 600
 
 
 @pytest.mark.slow

@@ -1,64 +1,51 @@
-"""The DVC adapter: the only module that imports dvc.
+"""The DVC adapter: the only modules that import dvc are this one and `stages` (which
+supervises the stage processes DVC runs).
 
-Stages run in-process through `Repo.reproduce`, one at a time. The stage's own output
-(its subprocess writes to our file descriptors 1 and 2) is captured at the descriptor level
-into a per-stage log file, with the last lines kept for the error message; a watchdog kills
-the stage's processes when a timeout passes. `Repo.reproduce` runs in a worker thread so
-that Ctrl-C always reaches mlfork (see `_interruptible`).
+Everything mlfork knows about a pipeline comes from DVC's own index (`Pipeline`: stages in
+run order with their deps, params and outs, `foreach`/`matrix` items, `vars` and templating
+resolved by DVC), and metrics are collected the way `dvc metrics show` collects them. The
+workspace is only ever touched for the outputs asked for: mlfork never forces a checkout of
+every output, so a clone whose cache is empty works wherever `dvc repro` works.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import functools
 import os
-import re
-import signal
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from ..errors import MlforkError, NotADvcProject, ProjectError
+from ..errors import MissingData, NotADvcProject, ProjectError
+from ..models import Out, Pipeline, Stage
 
 LOCK_FILE = "dvc.lock"
 PROJECT_FILE = "dvc.yaml"
 LINK_TYPES = "reflink,hardlink,symlink"
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-GRACE = 5.0  # seconds a stage gets to stop after Ctrl-C, then after SIGINT
-T = TypeVar("T")
 
 
-@dataclass
-class StageOutcome:
-    name: str
-    ran: bool
-    seconds: float
-    log: Path | None
-
-
-class StageCommandFailed(MlforkError):
-    """Raised by `run_stage`; the op turns it into StageFailed / RunTimeout / Interrupted."""
-
-    def __init__(self, stage: str, returncode: int, tail: str, timed_out: bool) -> None:
-        super().__init__(f"stage '{stage}' failed with exit code {returncode}")
-        self.stage = stage
-        self.returncode = returncode
-        self.tail = tail
-        self.timed_out = timed_out
-
-
-def _quiet() -> None:
-    """DVC logs progress chatter at INFO to our stderr when used as a library."""
+@contextlib.contextmanager
+def quiet_dvc(level: int | None = None) -> Iterator[None]:
+    """DVC logs progress chatter at INFO to our stderr when used as a library: raise its
+    logger's level for the duration (the CLI configures logging; library code must leave
+    it as it found it)."""
     import logging
 
-    logging.getLogger("dvc").setLevel(logging.WARNING)
+    logger = logging.getLogger("dvc")
+    previous = logger.level
+    logger.setLevel(level or logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _yaml(text: bytes | str | None) -> Any:
+    return yaml.load(text or b"", Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 class DvcProject:
@@ -66,7 +53,6 @@ class DvcProject:
         from dvc.exceptions import NotDvcRepoError
         from dvc.repo import Repo
 
-        _quiet()
         self.root = Path(root)
         if not (self.root / ".dvc").is_dir():
             raise NotADvcProject(str(self.root))
@@ -74,8 +60,13 @@ class DvcProject:
             self.repo = Repo(str(self.root))
         except NotDvcRepoError as exc:
             raise NotADvcProject(str(self.root)) from exc
+        self._pipeline: Pipeline | None = None
+        self._at: dict[str, Any] = {}
 
     def close(self) -> None:
+        for repo in self._at.values():
+            repo.close()
+        self._at.clear()
         self.repo.close()
 
     def __enter__(self) -> DvcProject:
@@ -87,44 +78,67 @@ class DvcProject:
     # -- setup ----------------------------------------------------------------------------------
 
     @staticmethod
-    def init(root: Path) -> None:
+    def init(root: Path, subdir: bool = False) -> None:
         """`dvc init` in a git repository, with cache links instead of copies."""
         from dvc.repo import Repo
 
-        _quiet()
-        repo = Repo.init(str(root))
+        with quiet_dvc():
+            repo = Repo.init(str(root), subdir=subdir)
         try:
             DvcProject.configure_links(repo)
         finally:
             repo.close()
 
     @staticmethod
-    def configure_links(repo: Any) -> bool:
+    def configure_links(repo: Any, level: str = "repo") -> bool:
         """Set `cache.type` to links; False if the project already chose its own."""
-        with repo.config.edit("repo") as conf:
-            cache = conf.setdefault("cache", {})
-            if cache.get("type"):
-                return False
-            cache["type"] = LINK_TYPES
+        if repo.config.get("cache", {}).get("type"):
+            return False
+        with repo.config.edit(level) as conf:
+            conf.setdefault("cache", {})["type"] = LINK_TYPES
         return True
 
-    def ensure_links(self) -> bool:
-        return self.configure_links(self.repo)
-
-    # -- reading --------------------------------------------------------------------------------
+    # -- the pipeline -----------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget what DVC cached about dvc.yaml, dvc.lock and params: they changed on disk."""
         self.repo._reset()
+        self._pipeline = None
 
-    def stage_names(self) -> list[str]:
-        """Pipeline stages in run order: dependencies first, ties in dvc.yaml order."""
+    def pipeline(self) -> Pipeline:
+        """The workspace's pipeline, from DVC's index (memoized until `reset`)."""
+        if self._pipeline is None:
+            self._pipeline = self._describe(self.repo)
+        return self._pipeline
+
+    def _describe(self, repo: Any) -> Pipeline:
+        from dvc.dependency.param import ParamsDependency
+        from dvc.exceptions import DvcException
         from dvc.stage import PipelineStage
 
-        self.reset()
-        graph = self.repo.index.graph
-        stages = [s for s in self.repo.index.stages if isinstance(s, PipelineStage)]
-        order = {s: i for i, s in enumerate(stages)}
+        root = repo.root_dir
+
+        def rel(path: str) -> str:
+            return Path(os.path.relpath(path, root)).as_posix()
+
+        try:
+            with quiet_dvc():
+                index = repo.index
+                all_stages = list(index.stages)
+                graph = index.graph
+                top_metrics = [
+                    rel(os.path.join(os.path.dirname(f), m))
+                    for f, items in index._metrics.items() for m in items
+                ]
+                top_plots = []
+                for f, items in index._plots.items():
+                    for item in items:
+                        name = next(iter(item)) if isinstance(item, dict) else str(item)
+                        top_plots.append(rel(os.path.join(os.path.dirname(f), name)))
+        except DvcException as exc:
+            raise ProjectError(f"DVC cannot read the pipeline: {_first_line(exc)}") from exc
+        pipeline_stages = [s for s in all_stages if isinstance(s, PipelineStage)]
+        order = {s: i for i, s in enumerate(pipeline_stages)}
         done: list[Any] = []
         seen: set[Any] = set()
 
@@ -132,277 +146,339 @@ class DvcProject:
             if stage in seen:
                 return
             seen.add(stage)
-            deps = [d for d in graph.successors(stage) if d in order]
-            for dep in sorted(deps, key=order.__getitem__):
+            for dep in sorted((d for d in graph.successors(stage) if d in order),
+                              key=order.__getitem__):
                 visit(dep)
             done.append(stage)
 
-        for stage in stages:
+        for stage in pipeline_stages:
             visit(stage)
-        return [s.name for s in done]
 
-    def managed_paths(self, extra_outs: tuple[str, ...] = ()) -> list[str]:
-        """Paths a stage may write: dvc.lock, .dvc files, every output, and the .gitignore
-        files DVC maintains next to cached outputs. Git stages those that exist."""
+        def outs_of(stage: Any, name: str) -> tuple[Out, ...]:
+            return tuple(
+                Out(
+                    path=rel(o.fs_path), stage=name, cache=bool(o.use_cache),
+                    metric=bool(o.metric), plot=bool(o.plot), persist=bool(o.persist),
+                    md5=str(o.hash_info.value) if o.hash_info and o.hash_info.value else None,
+                    size=o.meta.size if o.meta and o.meta.size is not None else None,
+                    nfiles=o.meta.nfiles if o.meta and o.meta.nfiles is not None else None,
+                )
+                for o in stage.outs
+                if o.is_in_repo
+            )
+
+        def address(s: Any) -> str:  # DVC's addressing, from the root rather than the cwd
+            dvcfile = rel(s.path)
+            return s.name if dvcfile == PROJECT_FILE else f"{dvcfile}:{s.name}"
+
+        stages = []
+        for s in done:
+            params: list[tuple[str, tuple[str, ...]]] = []
+            deps: list[str] = []
+            for d in s.deps:
+                if isinstance(d, ParamsDependency):
+                    params.append((rel(d.fs_path), tuple(str(k) for k in d.params or ())))
+                elif d.is_in_repo:
+                    deps.append(rel(d.fs_path))
+            stages.append(Stage(
+                name=address(s), dvcfile=rel(s.path), deps=tuple(deps),
+                params=tuple(params), outs=outs_of(s, address(s)), frozen=bool(s.frozen),
+            ))
+        sources = [
+            o for s in all_stages if not isinstance(s, PipelineStage)
+            for o in outs_of(s, rel(s.path))
+        ]
+        dvcfiles = sorted({rel(s.path) for s in all_stages} | {
+            rel(f) for f in (*index._metrics, *index._plots)
+        })
+        lockfiles = sorted({
+            rel(os.path.join(os.path.dirname(s.path), LOCK_FILE)) for s in pipeline_stages
+        })
+        return Pipeline(
+            stages=tuple(stages), sources=tuple(sources), dvcfiles=tuple(dvcfiles),
+            lockfiles=tuple(lockfiles), top_metrics=tuple(top_metrics),
+            top_plots=tuple(top_plots),
+        )
+
+    def pipeline_at(self, rev: str) -> Pipeline:
+        """The pipeline as commit `rev` declares it (read from git's objects)."""
+        return self._describe(self.at(rev))
+
+    def ignore_outputs(self, paths: Iterable[str]) -> list[str]:
+        """Add cached outputs to the .gitignore files beside them, as DVC does when it
+        writes them (so that git ignores them on every branch); the .gitignore files
+        changed, project-relative."""
+        changed = []
+        for rel in paths:
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            gitignore = self.repo.scm.ignore(str(self.root / rel))
+            if gitignore:
+                changed.append(Path(os.path.relpath(gitignore, self.root)).as_posix())
+        return sorted(set(changed))
+
+    def stage_names(self) -> list[str]:
+        """Pipeline stages in run order: dependencies first, ties in dvc.yaml order."""
         self.reset()
-        paths = {LOCK_FILE}
-        for stage in self.repo.index.stages:
-            if stage.is_data_source:
-                paths.add(os.path.relpath(stage.path, self.root))
-            for out in stage.outs:
-                rel = os.path.relpath(out.fs_path, self.root)
-                paths.add(rel)
-                if out.use_cache:
-                    paths.add(os.path.join(os.path.dirname(rel), ".gitignore"))
-        for out in extra_outs:
-            paths.update({out, out + ".dvc", os.path.join(os.path.dirname(out), ".gitignore")})
-        return sorted(p[2:] if p.startswith("./") else p for p in paths)
+        return self.pipeline().stage_names
 
-    @staticmethod
-    def lock_outputs(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
-        """`path -> {md5, size, hash}` of every stage output in a dvc.lock text."""
-        if not lock_text:
-            return {}
-        data = yaml.safe_load(lock_text) or {}
-        outs: dict[str, dict[str, Any]] = {}
-        for stage in (data.get("stages") or {}).values():
-            for out in stage.get("outs") or []:
-                outs[out["path"]] = {k: v for k, v in out.items() if k != "path"}
-        return outs
+    # -- the cache, the remote and the workspace ------------------------------------------------
 
-    @staticmethod
-    def lock_deps(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
-        if not lock_text:
-            return {}
-        data = yaml.safe_load(lock_text) or {}
-        deps: dict[str, dict[str, Any]] = {}
-        for stage in (data.get("stages") or {}).values():
-            for dep in stage.get("deps") or []:
-                deps[dep["path"]] = {k: v for k, v in dep.items() if k != "path"}
-        return deps
+    def _outs(self, paths: Iterable[str]) -> list[Any]:
+        wanted = {os.path.normpath(self.root / p) for p in paths}
+        return [o for o in self.repo.index.outs if os.path.normpath(o.fs_path) in wanted]
 
-    def data_sources(self) -> dict[str, dict[str, Any]]:
-        """`path -> {md5, size}` of every file tracked by a .dvc file (from the .dvc files:
-        the hashes DVC already holds, nothing is read)."""
-        self.reset()
-        found: dict[str, dict[str, Any]] = {}
-        for stage in self.repo.index.stages:
-            if not stage.is_data_source:
-                continue
-            for out in stage.outs:
-                rel = os.path.relpath(out.fs_path, self.root)
-                found[rel] = {"md5": out.hash_info.value, "size": out.meta.size}
-        return found
+    def missing_from_cache(self, paths: Iterable[str]) -> list[str]:
+        """Those of `paths` (outputs the workspace's DVC files record) whose objects the
+        local cache lacks."""
+        with quiet_dvc():
+            return sorted(
+                Path(os.path.relpath(o.fs_path, self.root)).as_posix()
+                for o in self._outs(paths) if o.use_cache and o.changed_cache()
+            )
 
-    def status(self) -> dict[str, Any]:
-        self.reset()
-        return dict(self.repo.status())
+    def has_object(self, entry: dict[str, Any]) -> bool:
+        """Is the output a dvc.lock / .dvc entry ({md5, ...}) records all in the cache
+        (a folder: its listing and every file in it)?"""
+        import json
 
-    # -- writing --------------------------------------------------------------------------------
-
-    def checkout(self) -> None:
-        """`dvc checkout --force`: make the workspace outputs match dvc.lock and .dvc files."""
-        from dvc.exceptions import CheckoutError
-
-        lock = self.root / LOCK_FILE
-        locked = (yaml.safe_load(lock.read_bytes()) or {}) if lock.exists() else {}
-        ran = set(locked.get("stages") or {})
-        self.reset()
-        targets = []
-        for stage in self.repo.index.stages:
-            if stage.is_data_source:
-                targets.append(stage.path)
-            elif stage.name in ran:
-                targets.append(stage.addressing)
-            else:  # never ran: an interrupted first run may have left partial outputs
-                for out in stage.outs:
-                    out.remove(ignore_remove=False) if out.exists else None
-        if not targets:
-            return
+        md5 = str(entry.get("md5") or "")
+        if not md5:
+            return False
+        path = self.cache_path(md5)
+        if not md5.endswith(".dir"):
+            return path.exists()
         try:
-            self.repo.checkout(targets=targets, force=True)
-        except CheckoutError as exc:
-            raise ProjectError(
-                f"DVC could not restore outputs ({exc}); run 'dvc pull' if they live in a remote"
+            listing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return all(self.cache_path(str(e.get("md5"))).exists() for e in listing)
+
+    def default_remote(self) -> str | None:
+        remote = self.repo.config.get("core", {}).get("remote")
+        return str(remote) if remote else None
+
+    def fetch(self, paths: list[str], why: str) -> int:
+        """Fetch the objects of these outputs from the default DVC remote (exactly those);
+        the number of objects transferred. MissingData when there is no remote or it fails."""
+        from dvc.config import NoRemoteError
+        from dvc.exceptions import DvcException
+
+        remote = self.default_remote()
+        shown = ", ".join(paths)
+        pull = "dvc pull " + " ".join(paths)
+        if remote is None:
+            raise MissingData(
+                f"{why}: {shown} is in neither the workspace nor the DVC cache, and no DVC"
+                f" remote is configured: add the project's remote ('dvc remote add -d NAME URL')"
+                f" or copy the data here, then run '{pull}'"
+            )
+        try:
+            with quiet_dvc():
+                return int(self.repo.fetch(targets=list(paths), remote=remote) or 0)
+        except (NoRemoteError, DvcException) as exc:
+            raise MissingData(
+                f"{why}: {shown} is in neither the workspace nor the DVC cache, and fetching it"
+                f" from DVC remote '{remote}' failed ({_first_line(exc)}): check the remote,"
+                f" then run '{pull}'"
             ) from exc
 
-    def set_resume(self, resume: str, source: dict[str, Any] | None) -> None:
-        """Point the hand-off input `resume` at a cached output (`source` is its dvc.lock entry)
-        or, with None, at an empty file meaning "start fresh". Links, never copies."""
+    def checkout(self, paths: Iterable[str]) -> list[str]:
+        """Link these outputs from the cache as the workspace's DVC files record them. Only
+        outputs whose objects are all in the cache are touched (a checkout of a missing
+        object would delete the workspace's file); the others are returned."""
+        from dvc.exceptions import CheckoutError
+
+        self.reset()
+        outs = self._outs(paths)
+        with quiet_dvc():
+            ready = [o for o in outs if o.use_cache and o.hash_info and not o.changed_cache()]
+        missing = sorted(
+            Path(os.path.relpath(o.fs_path, self.root)).as_posix()
+            for o in outs if o.use_cache and o not in ready
+        )
+        if ready:
+            try:
+                with quiet_dvc(), _cwd(self.root):
+                    self.repo.checkout(targets=[o.fs_path for o in ready], force=True)
+            except CheckoutError as exc:
+                raise ProjectError(f"DVC could not link outputs from its cache ({exc})") from exc
+        return missing
+
+    def set_resume(self, resume: str, source: dict[str, Any] | None) -> Path | None:
+        """Point the hand-off input `resume` at a cached output (`source` is its dvc.lock
+        entry: md5, size, and for a folder nfiles) or, with None, at an empty file meaning
+        "start fresh". A `.dvc` file records it; the data is linked, never copied. Returns
+        the cache object it had to add (the empty file's), if any."""
         path = self.root / resume
         dvcfile = self.root / (resume + ".dvc")
-        if path.exists() or path.is_symlink():
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
             path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.reset()
+        entry: dict[str, Any]
         if source is None:
-            import logging
-
-            path.write_bytes(b"")
-            dvc_logger = logging.getLogger("dvc")
-            level = dvc_logger.level
-            dvc_logger.setLevel(logging.ERROR)  # "'models/resume' is empty": that is the point
-            try:
-                self.repo.add([str(path)])
-            finally:
-                dvc_logger.setLevel(level)
-            return
-        entry: dict[str, Any] = {k: source[k] for k in ("md5", "size", "hash") if k in source}
+            entry = {"md5": EMPTY_MD5, "size": 0, "hash": "md5"}
+        else:
+            entry = {k: source[k] for k in ("md5", "size", "nfiles", "hash") if k in source}
         entry["path"] = path.name
         dvcfile.write_text(yaml.safe_dump({"outs": [entry]}, sort_keys=False), encoding="utf-8")
         self.reset()
-        from dvc.exceptions import CheckoutError
+        if source is None:
+            path.write_bytes(b"")
+            return self._add_to_cache(path, EMPTY_MD5)
+        missing = self.checkout([resume])
+        if missing:
+            raise MissingData(
+                f"the checkpoint {entry['md5']} for '{resume}' is not in the DVC cache:"
+                f" run 'dvc pull {resume}.dvc' first"
+            )
+        return None
 
-        try:
-            self.repo.checkout(targets=[str(dvcfile)], force=True)
-        except CheckoutError as exc:
-            raise ProjectError(
-                f"the checkpoint {source.get('md5')} is not in the DVC cache ({exc});"
-                " run 'dvc pull' first"
-            ) from exc
+    def _add_to_cache(self, path: Path, md5: str) -> Path | None:
+        """Put a small file into the cache under `md5` (what `dvc add` would store) and
+        ignore it in git as `dvc add` does, without DVC re-hashing anything. Returns the
+        object's path if it was not in the cache before."""
+        odb = self.repo.cache.local
+        target = Path(odb.oid_to_path(md5))
+        added = None
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".mlfork-tmp")
+            tmp.write_bytes(path.read_bytes())
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+            added = target
+        ignore = path.parent / ".gitignore"
+        line = f"/{path.name}"
+        text = ignore.read_text(encoding="utf-8") if ignore.exists() else ""
+        if line not in text.splitlines():
+            sep = "" if not text or text.endswith("\n") else "\n"
+            ignore.write_text(text + sep + line + "\n", encoding="utf-8")
+        return added
 
-    def run_stage(
-        self,
-        name: str,
-        *,
-        log_path: Path,
-        env: dict[str, str],
-        deadline: float | None,
-        run_cache: bool,
-        on_children: Callable[[list[tuple[int, float]]], None] | None = None,
-        echo: bool = False,
-    ) -> StageOutcome:
-        """Reproduce one stage (not its upstream). Raises StageCommandFailed on failure."""
-        from dvc.exceptions import DvcException
+    def cache_path(self, md5: str) -> Path:
+        return Path(self.repo.cache.local.oid_to_path(md5))
 
+    def lock_entry(self, lock_text: bytes | None, path: str) -> dict[str, Any] | None:
+        """The entry of output `path` in a dvc.lock text (md5, size, ...), or None."""
+        return lock_outputs(lock_text).get(path)
+
+    def status(self) -> dict[str, Any]:
         self.reset()
-        start = time.monotonic()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        tail: collections.deque[str] = collections.deque(maxlen=20)
-        watchdog = _Watchdog(deadline, on_children)
+        with quiet_dvc():
+            return dict(self.repo.status())
+
+    # -- metrics, the way `dvc metrics show` finds them -------------------------------------------
+
+    def at(self, rev: str) -> Any:
+        """A DVC repository reading the commit `rev` (from git's objects, not the workspace)."""
+        if rev not in self._at:
+            from dvc.repo import Repo
+
+            if len(self._at) > 16:
+                for old in self._at.values():
+                    old.close()
+                self._at.clear()
+            self._at[rev] = Repo(str(self.root), rev=rev)
+        return self._at[rev]
+
+    def metric_files(self, rev: str) -> list[str]:
+        """The metrics files DVC finds at commit `rev`: stage `metrics:` outputs and the
+        top-level `metrics:` section (a folder expanded to its files), project-relative."""
+        from dvc.exceptions import DvcException
+        from dvc.repo.metrics.show import _collect_metrics
+
         try:
-            with _cwd(self.root), _capture_fds(log_path, tail, echo), watchdog:
-                result = _interruptible(
-                    lambda: self.repo.reproduce(
-                        name, single_item=True, run_cache=run_cache, run_env=env
-                    )
-                )
-        except DvcException as exc:
-            text = "".join(str(e) + "\n" for e in _chain(exc))
-            m = re.search(r"exited with (-?\d+)", text)
-            code = int(m.group(1)) if m else 1
-            if not m:
-                tail.append(text.strip())
-            raise StageCommandFailed(name, code, "\n".join(tail), watchdog.fired) from exc
-        return StageOutcome(name, bool(result), time.monotonic() - start, log_path)
+            with quiet_dvc(50):
+                repo = self.at(rev)
+                found = _collect_metrics(repo)
+        except (DvcException, OSError) as exc:
+            raise ProjectError(
+                f"DVC cannot read the metrics of commit {rev[:10]}: {_first_line(exc)}"
+            ) from exc
+        return [p.lstrip("/") for p in found]
 
-
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-class _Watchdog:
-    """Kills the stage's processes when `deadline` (time.monotonic) passes, and reports the
-    child pids so that a later `mlfork resume` can wait for orphans of a killed mlfork."""
-
-    def __init__(
-        self, deadline: float | None, on_children: Callable[[list[tuple[int, float]]], None] | None
-    ) -> None:
-        self.deadline = deadline
-        self.on_children = on_children
-        self.fired = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> _Watchdog:
-        if self.deadline is not None or self.on_children is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _loop(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        known: list[tuple[int, float]] = []
-        while not self._stop.wait(0.05):
-            try:
-                children = me.children(recursive=True)
-                pids = sorted((c.pid, c.create_time()) for c in children)
-            except psutil.Error:
-                continue
-            if pids and pids != known and self.on_children is not None:
-                known = pids
-                self.on_children(pids)
-            if self.deadline is not None and time.monotonic() >= self.deadline and children:
-                self.fired = True
-                _signal_children(signal.SIGKILL, children)
-
-
-def _interruptible(call: Callable[[], T]) -> T:
-    """Run `call` (a DVC reproduce) so that Ctrl-C reaches mlfork whatever the stage does.
-
-    On the main thread DVC sets SIGINT to "ignore" while a stage command runs, so mlfork
-    would only see the stage's exit code, and a stage that exits 1 on Ctrl-C would look like
-    a failure. DVC leaves signals alone off the main thread: the call runs in a worker, and
-    the main thread, waiting for it, gets the KeyboardInterrupt. The stage is then given
-    `GRACE` seconds to stop on its own (Ctrl-C at a terminal reaches it too), then SIGINT,
-    then SIGKILL; a second Ctrl-C skips the waiting. KeyboardInterrupt is re-raised once
-    the worker has finished, so DVC never runs on behind mlfork's back.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return call()
-    box: dict[str, Any] = {}
-    done = threading.Event()  # not Thread.join: on 3.11 a join interrupted by a signal
-    # marks the thread finished while it runs on (the bpo-45274 fix)
-
-    def work() -> None:
+    def read_at(self, rev: str, path: str) -> bytes | None:
+        """A DVC-tracked file as of `rev` (from the cache), or None if it cannot be had
+        without a download."""
+        repo = self.at(rev)
         try:
-            box["result"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            box["error"] = exc
-        finally:
-            done.set()
+            with quiet_dvc(50), repo.dvcfs.open("/" + path, "rb") as fh:
+                data: bytes = fh.read()
+                return data
+        except Exception:  # not in the cache, an unreadable tree: no value
+            return None
 
-    worker = threading.Thread(target=work, name="mlfork-stage", daemon=True)
-    worker.start()
-    interrupted = False
-    escalate: list[int] = []  # the signals still to send, one per GRACE
-    due: float | None = None  # when to send the next one
-    while not done.is_set():
+    @staticmethod
+    def parse_metrics(path: str, data: bytes) -> dict[str, float]:
+        """A metrics file's numbers, flattened to `a.b -> float` (DVC's parser for the
+        file's suffix: JSON, YAML, TOML)."""
+        import math
+
+        from dvc.repo.metrics.show import _extract_metrics
+        from dvc.utils.serialize import PARSERS
+
+        suffix = os.path.splitext(path)[1].lower()
         try:
-            done.wait(None if due is None else max(0.0, due - time.monotonic()))
-        except KeyboardInterrupt:
-            escalate = [signal.SIGKILL] if interrupted else [signal.SIGINT, signal.SIGKILL]
-            due = time.monotonic() + (0.0 if interrupted else GRACE)
-            interrupted = True
-            continue
-        if due is not None and not done.is_set() and time.monotonic() >= due:
-            _signal_children(escalate.pop(0))
-            due = time.monotonic() + GRACE if escalate else None
-    if interrupted:
-        raise KeyboardInterrupt
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+            loaded = PARSERS[suffix](data.decode("utf-8"), path)
+        except Exception:  # a half-written or foreign file: no values
+            return {}
+        out: dict[str, float] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            elif (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(float(value))):
+                out[prefix] = float(value)
+
+        walk("", _extract_metrics(loaded, path))
+        return out
 
 
-def _signal_children(sig: int, children: list[Any] | None = None) -> None:
-    """Send `sig` to `children` (psutil processes; default: every descendant of ours)."""
-    import psutil
+@functools.lru_cache(maxsize=64)
+def lock_outputs(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
+    """`path -> {md5, size, ...}` of every stage output in a dvc.lock text (paths relative
+    to the lock file's folder, as DVC writes them). Parsed once per text: do not mutate."""
+    if not lock_text:
+        return {}
+    try:
+        data = _yaml(lock_text) or {}
+    except yaml.YAMLError:
+        return {}
+    outs: dict[str, dict[str, Any]] = {}
+    for stage in (data.get("stages") or {}).values() if isinstance(data, dict) else ():
+        for out in (stage or {}).get("outs") or []:
+            if isinstance(out, dict) and "path" in out:
+                outs[str(out["path"])] = {k: v for k, v in out.items() if k != "path"}
+    return outs
 
-    for child in psutil.Process().children(recursive=True) if children is None else children:
-        with contextlib.suppress(psutil.Error):
-            child.send_signal(sig)
+
+def lock_deps(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
+    if not lock_text:
+        return {}
+    try:
+        data = _yaml(lock_text) or {}
+    except yaml.YAMLError:
+        return {}
+    deps: dict[str, dict[str, Any]] = {}
+    for stage in (data.get("stages") or {}).values() if isinstance(data, dict) else ():
+        for dep in (stage or {}).get("deps") or []:
+            if isinstance(dep, dict) and "path" in dep:
+                deps[str(dep["path"])] = {k: v for k, v in dep.items() if k != "path"}
+    return deps
 
 
-@contextmanager
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
 def _cwd(path: Path) -> Iterator[None]:
     """DVC's Python API resolves stage names and stage-cache paths against the process's
     working directory (its CLI always runs inside the repository): work from the root."""
@@ -414,43 +490,62 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-@contextmanager
-def _capture_fds(log_path: Path, tail: collections.deque[str], echo: bool) -> Iterator[None]:
-    """Send file descriptors 1 and 2 (ours and the stage's) into `log_path` while inside."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in the reader thread's finally
+def apply_params_overrides(
+    text: bytes, path: str, overrides: list[tuple[str, str]]
+) -> bytes:
+    """A params file's bytes with overrides applied the way `dvc exp run -S` applies them
+    (Hydra's grammar; the file keeps its format and comments). `overrides` are
+    (as the user wrote it, the override without its `file:` prefix).
 
-    def pump() -> None:
-        pending = b""
-        try:
-            while chunk := os.read(read_fd, 65536):
-                log.write(chunk)
-                if echo:
-                    os.write(saved_err, chunk)
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                tail.extend(line.decode("utf-8", "replace") for line in lines)
-            if pending:
-                tail.append(pending.decode("utf-8", "replace"))
-        finally:
-            log.close()
-            os.close(read_fd)
+    Application is idempotent, so that the same overrides can be applied again to a file
+    that already has them (each iteration starts from the committed file, which may hold
+    a user's edits): `+key=v` on an existing key sets it, `~key` on a missing key does
+    nothing. An override Hydra refuses is an OverrideError naming it."""
+    import tempfile
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    os.dup2(write_fd, 1)
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        os.close(saved_out)
-        os.close(saved_err)
-        reader.join(timeout=5)
+    from dvc.exceptions import DvcException
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import PARSERS
+
+    from ..errors import OverrideError
+
+    suffix = os.path.splitext(path)[1].lower() or ".yaml"
+    with tempfile.TemporaryDirectory(prefix="mlfork-params-") as tmp:
+        target = Path(tmp) / f"params{suffix}"
+        target.write_bytes(text)
+        for shown, body in overrides:
+            try:
+                data = PARSERS[suffix](target.read_text(encoding="utf-8"), path) or {}
+            except DvcException as exc:
+                raise OverrideError(shown, f"'{path}' cannot be read: {_first_line(exc)}") \
+                    from exc
+            once = _idempotent(body, data)
+            if once is None:
+                continue
+            try:
+                with quiet_dvc(50):
+                    apply_overrides(str(target), [once])
+            except DvcException as exc:
+                cause = exc.__cause__ or exc
+                reason = _first_line(cause).replace(str(target), path)
+                raise OverrideError(shown, f"{reason} (in '{path}')") from exc
+        return target.read_bytes()
+
+
+def _idempotent(override: str, data: Any) -> str | None:
+    """`override` adjusted so that applying it twice gives what applying it once gives."""
+    prefix = "++" if override.startswith("++") else override[:1] if override[:1] in "+~" else ""
+    key = override[len(prefix):].split("=", 1)[0]
+    node: Any = data
+    exists = True
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            exists = False
+            break
+    if prefix == "+" and exists:
+        return "++" + override[1:]
+    if prefix == "~" and not exists:
+        return None
+    return override

@@ -4,12 +4,18 @@ It speaks in plain strings and `models.Commit`; pygit2 errors are translated her
 Refs are only ever moved with compare-and-swap: a branch is created under a ref lock
 (libgit2's ref transaction), and a commit advances its branch only if the branch still
 points at the commit's first parent.
+
+A project may live in a subfolder of its repository (`dvc init --subdir`): `GitRepo.at`
+gives a view whose paths are relative to that folder (`root`), while `workdir` stays the
+repository's top. Every path this adapter takes or returns is project-relative; a path
+outside the project comes back as `../x`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
@@ -17,39 +23,59 @@ import pygit2
 from .. import naming
 from ..errors import (
     DirtyWorkingTree,
-    MlforkError,
+    GitError,
     NoGitIdentity,
     NotAGitRepository,
     RunNameTaken,
 )
 from ..models import Commit
 
-_DIRTY = (
-    pygit2.enums.FileStatus.INDEX_NEW
-    | pygit2.enums.FileStatus.INDEX_MODIFIED
-    | pygit2.enums.FileStatus.INDEX_DELETED
-    | pygit2.enums.FileStatus.INDEX_RENAMED
-    | pygit2.enums.FileStatus.INDEX_TYPECHANGE
-    | pygit2.enums.FileStatus.WT_NEW
-    | pygit2.enums.FileStatus.WT_MODIFIED
-    | pygit2.enums.FileStatus.WT_DELETED
-    | pygit2.enums.FileStatus.WT_TYPECHANGE
-    | pygit2.enums.FileStatus.WT_RENAMED
-    | pygit2.enums.FileStatus.CONFLICTED
+_FS = pygit2.enums.FileStatus
+_CHANGED = (
+    _FS.INDEX_NEW | _FS.INDEX_MODIFIED | _FS.INDEX_DELETED | _FS.INDEX_RENAMED
+    | _FS.INDEX_TYPECHANGE | _FS.WT_MODIFIED | _FS.WT_DELETED | _FS.WT_TYPECHANGE
+    | _FS.WT_RENAMED | _FS.CONFLICTED
 )
 
 
+@dataclass
+class Status:
+    """`git status` of the working tree, project-relative: tracked files with changes
+    (staged or not) and untracked files (ignored ones excluded)."""
+
+    changed: set[str] = field(default_factory=set)
+    untracked: set[str] = field(default_factory=set)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted(self.changed | self.untracked)
+
+
+@dataclass(frozen=True)
+class HeadState:
+    """Where HEAD is: on a branch (`branch` set), detached at `commit`, or unborn."""
+
+    branch: str | None
+    commit: str | None
+
+
 class GitRepo:
-    def __init__(self, repo: pygit2.Repository) -> None:
+    def __init__(self, repo: pygit2.Repository, prefix: str = "") -> None:
         self._repo = repo
         workdir = repo.workdir
         if workdir is None:
             raise NotAGitRepository(repo.path)
-        self.root = Path(workdir).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.prefix = prefix.strip("/")
+        self.root = self.workdir / self.prefix if self.prefix else self.workdir
+        self._found: dict[tuple[str, str], list[tuple[str, str]]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GitRepo:
-        found = pygit2.discover_repository(str(path))
+        try:
+            found = pygit2.discover_repository(str(path))
+        except pygit2.GitError:
+            found = None
         if found is None:
             raise NotAGitRepository(str(path))
         return cls(pygit2.Repository(found))
@@ -57,6 +83,32 @@ class GitRepo:
     @classmethod
     def init(cls, path: str | os.PathLike[str], branch: str = "main") -> GitRepo:
         return cls(pygit2.init_repository(str(path), initial_head=branch))
+
+    def at(self, root: Path) -> GitRepo:
+        """A view of this repository whose paths are relative to `root` (a folder in it)."""
+        rel = Path(os.path.relpath(Path(root).resolve(), self.workdir)).as_posix()
+        return GitRepo(self._repo, "" if rel == "." else rel)
+
+    @property
+    def git_dir(self) -> Path:
+        return Path(self._repo.path)
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _p(self, path: str) -> str:
+        """A project-relative path as the repository names it."""
+        path = path.replace(os.sep, "/").lstrip("/")
+        if path.startswith("./"):
+            path = path[2:]
+        return f"{self.prefix}/{path}" if self.prefix and path else (self.prefix or path)
+
+    def _rel(self, repo_path: str) -> str:
+        """A repository path as the project names it (`../x` outside the project)."""
+        if not self.prefix:
+            return repo_path
+        if repo_path.startswith(self.prefix + "/"):
+            return repo_path[len(self.prefix) + 1 :]
+        return Path(os.path.relpath(self.workdir / repo_path, self.root)).as_posix()
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -94,6 +146,12 @@ class GitRepo:
             return None
         return str(self._repo.head.target)
 
+    def head_state(self) -> HeadState:
+        if self._repo.head_is_unborn:
+            target = self._repo.references["HEAD"].target
+            return HeadState(str(target).removeprefix("refs/heads/"), None)
+        return HeadState(self.head_branch(), self.head_commit())
+
     def resolve_branch(self, branch: str) -> str | None:
         ref = self._repo.references.get("refs/heads/" + branch)
         return str(ref.target) if ref is not None else None
@@ -105,7 +163,7 @@ class GitRepo:
     def commit(self, rev: str) -> Commit:
         obj = self._repo.get(rev)
         if obj is None or not isinstance(obj, pygit2.Commit):
-            raise MlforkError(f"commit {rev} not found in the repository")
+            raise GitError(f"commit {rev} not found in the repository")
         return self._to_commit(obj)
 
     def _to_commit(self, c: pygit2.Commit) -> Commit:
@@ -118,19 +176,25 @@ class GitRepo:
         )
 
     def first_parent_walk(self, start: str) -> Iterator[Commit]:
-        """Commits from `start` back along first parents, newest first."""
-        walker = self._repo.walk(start, pygit2.enums.SortMode.TOPOLOGICAL)
-        walker.simplify_first_parent()
-        for c in walker:
-            yield self._to_commit(c)
+        """Commits from `start` back along first parents, newest first. Each step reads one
+        commit: the walk costs what it yields, not the whole history."""
+        obj = self._repo.get(start)
+        while isinstance(obj, pygit2.Commit):
+            yield self._to_commit(obj)
+            parents = obj.parent_ids
+            obj = self._repo.get(parents[0]) if parents else None
 
     def _object_at(self, rev: str, path: str) -> pygit2.Object | None:
-        """The blob or tree at `path` in commit `rev`, or None."""
+        """The blob or tree at project-relative `path` in commit `rev`, or None."""
         commit = self._repo.get(rev)
         if commit is None:
             return None
+        tree = commit.peel(pygit2.Tree)
+        repo_path = self._p(path)
+        if not repo_path:
+            return tree
         try:
-            entry = commit.peel(pygit2.Tree)[path]
+            entry = tree[repo_path]
         except KeyError:
             return None
         return self._repo.get(entry.id)
@@ -139,6 +203,11 @@ class GitRepo:
         """A file's bytes at a commit, or None if the commit has no such file."""
         blob = self._object_at(rev, path)
         return blob.data if isinstance(blob, pygit2.Blob) else None
+
+    def blob_id(self, rev: str, path: str) -> str | None:
+        """The id of the blob at `path` in `rev` (None if there is no such file)."""
+        blob = self._object_at(rev, path)
+        return str(blob.id) if isinstance(blob, pygit2.Blob) else None
 
     def has_path(self, rev: str, path: str) -> bool:
         return self._object_at(rev, path) is not None
@@ -168,15 +237,24 @@ class GitRepo:
             elif isinstance(obj, pygit2.Blob):
                 (dest / name).write_bytes(obj.data)
 
-    def dirty_paths(self, ignore: Iterable[str] = ()) -> list[str]:
+    def status(self) -> Status:
+        """Changed, staged and untracked paths of the whole working tree (git-ignored ones
+        excluded), project-relative."""
+        out = Status()
+        try:
+            found = self._repo.status(untracked_files="all")
+        except pygit2.GitError as exc:
+            raise GitError(f"git status failed: {exc}") from exc
+        for path, flags in found.items():
+            if flags & _CHANGED:
+                out.changed.add(self._rel(path))
+            elif flags & _FS.WT_NEW:
+                out.untracked.add(self._rel(path))
+        return out
+
+    def dirty_paths(self) -> list[str]:
         """Changed, staged and untracked paths (git-ignored ones excluded), sorted."""
-        skip = tuple(ignore)
-        paths = [
-            p
-            for p, flags in self._repo.status(untracked_files="all").items()
-            if flags & _DIRTY and not p.startswith(skip or ("\0",))
-        ]
-        return sorted(paths)
+        return self.status().paths
 
     def require_clean(self) -> None:
         dirty = self.dirty_paths()
@@ -184,7 +262,58 @@ class GitRepo:
             raise DirtyWorkingTree(dirty)
 
     def is_ignored(self, path: str) -> bool:
-        return bool(self._repo.path_is_ignored(path))
+        return bool(self._repo.path_is_ignored(self._p(path)))
+
+    def is_tracked(self, rev: str, path: str) -> bool:
+        return isinstance(self._object_at(rev, path), pygit2.Blob)
+
+    def tracked_under(self, rev: str, path: str) -> list[str]:
+        """Files git tracks at `rev` under `path` (the file itself, or a folder's files)."""
+        obj = self._object_at(rev, path)
+        if isinstance(obj, pygit2.Blob):
+            return [path]
+        if not isinstance(obj, pygit2.Tree):
+            return []
+        out: list[str] = []
+
+        def walk(tree: pygit2.Tree, prefix: str) -> None:
+            for entry in tree:
+                sub = self._repo.get(entry.id)
+                name = f"{prefix}/{entry.name}"
+                if isinstance(sub, pygit2.Tree):
+                    walk(sub, name)
+                else:
+                    out.append(name)
+
+        walk(obj, path.rstrip("/"))
+        return sorted(out)
+
+    def find_files(self, rev: str, name: str) -> list[tuple[str, str]]:
+        """(project-relative path, blob id) of every file called `name` in the project at
+        `rev`, sorted by path. Folders are memoized by their tree id, so a walk of the next
+        commit only descends into what changed."""
+        root = self._object_at(rev, "")
+        if not isinstance(root, pygit2.Tree):
+            return []
+        return self._find_in(root, name)
+
+    def _find_in(self, tree: pygit2.Tree, name: str) -> list[tuple[str, str]]:
+        key = (str(tree.id), name)
+        if key in self._found:
+            return self._found[key]
+        out: list[tuple[str, str]] = []
+        for entry in tree:
+            if entry.type == pygit2.enums.ObjectType.TREE:
+                if entry.name in (".git", ".dvc"):
+                    continue
+                sub = self._repo.get(entry.id)
+                if isinstance(sub, pygit2.Tree):
+                    out += [(f"{entry.name}/{p}", b) for p, b in self._find_in(sub, name)]
+            elif entry.name == name:
+                out.append((str(entry.name), str(entry.id)))
+        out.sort()
+        self._found[key] = out
+        return out
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -210,24 +339,64 @@ class GitRepo:
             if current is None:
                 return
             if str(current.target) != expected:
-                raise MlforkError(f"branch '{branch}' moved while deleting it; left in place")
+                raise GitError(f"branch '{branch}' moved while deleting it; left in place")
             txn.remove(ref)
 
     def set_head(self, branch: str) -> None:
         """Point HEAD at a branch without touching the index or the working tree."""
         self._repo.set_head("refs/heads/" + branch)
 
+    def set_head_state(self, state: HeadState) -> None:
+        """Put HEAD back where `head_state()` found it (index and working tree untouched)."""
+        if state.branch is not None:
+            self._repo.set_head("refs/heads/" + state.branch)
+        elif state.commit is not None:
+            self._repo.set_head(pygit2.Oid(hex=state.commit))
+
     def switch(self, branch: str) -> None:
-        """`git switch <branch>`: move index, working tree and HEAD (refuses to overwrite)."""
-        ref = "refs/heads/" + branch
+        """`git switch <branch>`: move index, working tree and HEAD. Refuses (naming the
+        files) rather than overwrite a change or an untracked file."""
+        self._checkout("refs/heads/" + branch, branch)
+
+    def switch_detached(self, commit: str) -> None:
+        """`git switch --detach <commit>`."""
+        self._checkout(commit, commit[:10])
+
+    def _checkout(self, target: str, shown: str) -> None:
+        conflicts = _Conflicts()
         try:
-            self._repo.checkout(ref, strategy=pygit2.enums.CheckoutStrategy.SAFE)
+            if target.startswith("refs/"):
+                self._repo.checkout(
+                    target, strategy=pygit2.enums.CheckoutStrategy.SAFE, callbacks=conflicts
+                )
+            else:
+                obj = self._repo.get(target)
+                self._repo.checkout_tree(
+                    obj, strategy=pygit2.enums.CheckoutStrategy.SAFE, callbacks=conflicts
+                )
+                self._repo.set_head(pygit2.Oid(hex=target))
         except pygit2.GitError as exc:
-            raise MlforkError(f"cannot switch to '{branch}': {exc}") from exc
+            paths = [self._rel(p) for p in conflicts.paths]
+            if paths:
+                raise DirtyWorkingTree(
+                    paths, what=f"switching to '{shown}' would overwrite"
+                ) from exc
+            raise GitError(f"cannot switch to '{shown}': {exc}") from exc
+
+    def force_checkout(self, commit: str) -> None:
+        """Make the index and the tracked files match `commit` (HEAD is not moved; untracked
+        and ignored files are left alone): a rollback's first step."""
+        obj = self._repo.get(commit)
+        self._repo.checkout_tree(obj, strategy=pygit2.enums.CheckoutStrategy.FORCE)
+
+    def conflicts_with(self, rev: str, paths: Iterable[str]) -> list[str]:
+        """Those of `paths` (untracked in the workspace) that `rev` tracks: a switch to
+        `rev` would have to overwrite them."""
+        return [p for p in paths if self.is_tracked(rev, p)]
 
     def restore(self, paths: Iterable[str]) -> None:
         """`git restore --staged --worktree` for these paths (to HEAD); untracked ones removed."""
-        paths = list(paths)
+        paths = [self._p(p) for p in paths]
         if not paths:
             return
         head = self._repo.head.peel(pygit2.Commit)
@@ -240,7 +409,7 @@ class GitRepo:
             except KeyError:
                 if p in index:
                     index.remove(p)
-                full = self.root / p
+                full = self.workdir / p
                 if full.is_file() or full.is_symlink():
                     full.unlink()
                 continue
@@ -249,6 +418,24 @@ class GitRepo:
         self._repo.checkout_index(
             index=index, paths=paths, strategy=pygit2.enums.CheckoutStrategy.FORCE
         )
+
+    def index_bytes(self) -> bytes | None:
+        path = self.git_dir / "index"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_index_bytes(self, data: bytes | None) -> None:
+        """Put back an index saved with `index_bytes` (byte for byte)."""
+        path = self.git_dir / "index"
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = path.with_name("index.mlfork-restore")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        self._repo.index.read(force=True)
 
     def commit_paths(
         self,
@@ -266,15 +453,18 @@ class GitRepo:
         sig = self._now(signature)
         index = self._repo.index
         index.read()
-        for p in sorted(set(paths)):
-            full = self.root / p
+        for p in sorted({self._p(p) for p in paths}):
+            full = self.workdir / p
             if full.is_dir() and not full.is_symlink():
                 index.add_all([p])  # honours .gitignore
             elif full.exists() or full.is_symlink():
-                if not self._repo.path_is_ignored(p):
+                if not self._repo.path_is_ignored(p) or p in index:
                     index.add(p)
             elif p in index:
                 index.remove(p)
+            else:  # a folder that went away: its tracked files go with it
+                for entry in [e.path for e in index if e.path.startswith(p + "/")]:
+                    index.remove(entry)
         index.write()
         return self._commit_on(branch, parent, index.write_tree(), message, sig)
 
@@ -293,13 +483,13 @@ class GitRepo:
         sig = self._now(signature)
         parent_commit = self._repo.get(parent)
         if parent_commit is None:
-            raise MlforkError(f"commit {parent} not found in the repository")
+            raise GitError(f"commit {parent} not found in the repository")
         base = parent_commit.peel(pygit2.Tree)
         builder_index = pygit2.Index()
         builder_index.read_tree(base)
         for path, data in files.items():
             blob = self._repo.create_blob(data)
-            builder_index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+            builder_index.add(pygit2.IndexEntry(self._p(path), blob, pygit2.enums.FileMode.BLOB))
         return self._commit_on(branch, parent, builder_index.write_tree(self._repo), message, sig)
 
     def _commit_on(
@@ -311,7 +501,7 @@ class GitRepo:
                 "refs/heads/" + branch, sig, sig, message, tree, [parent]
             )
         except pygit2.GitError as exc:
-            raise MlforkError(
+            raise GitError(
                 f"branch '{branch}' moved while mlfork was committing to it ({exc});"
                 " nothing was lost: check 'git log' and run the command again"
             ) from exc
@@ -322,9 +512,41 @@ class GitRepo:
         sig = self.signature()
         index = self._repo.index
         index.read()
-        for p in sorted(set(paths)):
+        for p in sorted({self._p(p) for p in paths}):
             index.add(p)
         index.write()
         tree = index.write_tree()
         parents = [] if self._repo.head_is_unborn else [self._repo.head.target]
         return str(self._repo.create_commit("HEAD", sig, sig, message, tree, parents))
+
+    def add_exclude(self, patterns: Iterable[str]) -> list[str]:
+        """Add `patterns` (project-relative, `/`-anchored) to `.git/info/exclude`, the
+        machine-local ignore file; returns those that were new."""
+        path = self.git_dir / "info" / "exclude"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        known = set(text.splitlines())
+        new = [f"/{self._p(p.lstrip('/'))}" for p in patterns]
+        new = [p for p in dict.fromkeys(new) if p not in known]
+        if new:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sep = "" if not text or text.endswith("\n") else "\n"
+            path.write_text(text + sep + "# DVC outputs (mlfork)\n" + "\n".join(new) + "\n",
+                            encoding="utf-8")
+        return new
+
+
+class _Conflicts(pygit2.CheckoutCallbacks):
+    """Collects the paths a SAFE checkout refuses to overwrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def checkout_notify_flags(self) -> pygit2.enums.CheckoutNotify:
+        return pygit2.enums.CheckoutNotify.CONFLICT
+
+    def checkout_notify(self, why: object, path: str, *args: object) -> None:
+        self.paths.append(path)

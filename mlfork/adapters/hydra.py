@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import naming
 from ..errors import ConfigError, OverrideError
 
 VERSION_BASE = "1.3"
@@ -24,13 +25,15 @@ class ParsedOverride:
     kind: str  # "change", "add", "force_add", "delete"
     prefix: str  # "", "+", "++" or "~"
     value_text: str | None
+    file: str | None = None  # a params file other than the main config (`train.yaml:lr=1`)
 
     def with_value(self, value: str) -> str:
-        return f"{self.prefix}{self.key}={value}"
+        return naming.format_params_file(self.file, f"{self.prefix}{self.key}={value}")
 
 
 def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
-    """Parse with Hydra's own grammar; one bad override is an OverrideError naming it."""
+    """Parse with Hydra's own grammar (after DVC's `file:` prefix, if any); one bad
+    override is an OverrideError naming it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
@@ -38,8 +41,11 @@ def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
     parser = OverridesParser.create()
     parsed: list[ParsedOverride] = []
     for text in overrides:
+        file, body = naming.split_params_file(text)
+        if file is not None and (not file or file.startswith("/") or ".." in file.split("/")):
+            raise OverrideError(text, "the params file must be a path inside the project")
         try:
-            (ov,) = parser.parse_overrides([text])
+            (ov,) = parser.parse_overrides([body])
         except HydraException as exc:
             raise OverrideError(text, _first_line(exc)) from exc
         if ov.is_sweep_override():
@@ -53,9 +59,20 @@ def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
             OverrideType.DEL: "delete",
         }[ov.type]
         prefix = {"change": "", "add": "+", "force_add": "++", "delete": "~"}[kind]
-        value_text = text.split("=", 1)[1] if "=" in text else None
-        parsed.append(ParsedOverride(text, ov.key_or_group, kind, prefix, value_text))
+        value_text = body.split("=", 1)[1] if "=" in body else None
+        parsed.append(ParsedOverride(text, ov.key_or_group, kind, prefix, value_text, file))
     return parsed
+
+
+def main_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of the main config (those without a params-file prefix), as Hydra
+    takes them."""
+    out = []
+    for text in overrides:
+        file, body = naming.split_params_file(text)
+        if file is None:
+            out.append(body)
+    return out
 
 
 def compose(conf_dir: Path, overrides: list[str], config_name: str = "config") -> dict[str, Any]:

@@ -59,6 +59,7 @@ class RunWrite:
     metrics: list[list[Any]] = field(default_factory=list)
     status: str | None = None  # RUNNING, FINISHED, FAILED, KILLED
     end_time: int | None = None
+    deleted: bool = False  # the run was removed (`mlfork rm`): mark its MLflow run deleted
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -169,6 +170,11 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         run_id = self.find_run(w.experiment, w.run)
+        if w.deleted:
+            if run_id is not None:
+                self._call("be written", self.client.delete_run, run_id)
+                self._runs.pop((w.experiment, w.run), None)
+            return str(run_id or "")
         if run_id is None:
             exp_id = self.experiment_id(w.experiment)
             created = self._call(

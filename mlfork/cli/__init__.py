@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "Write a Markdown pull-request report of a fork."),
     "replay": ("replay", "Print the commands that reproduce a run, or --launch and compare."),
     "verify": ("verify", "Fork a run without overrides, resume, check it reproduces the run."),
+    "rm": ("rm", "Remove a run: its branch, local state and MLflow run."),
 }
 
 

@@ -141,9 +141,10 @@ def render_run_result(result: Any) -> None:
         f"{headline} (branch mlfork/{result.name}, {result.tip[:10]})"
     )
     if result.status == "completed":
-        note(
-            f"next: mlfork log {result.name}  |  mlfork branch --from-iteration"
-            f" {max(result.done - 2, 0)} --name {result.name}-fork model.lr=0.05 --run"
-        )
+        fork = (f"mlfork branch --from-iteration {max(result.done - 2, 0)}"
+                f" --name {result.name}-fork")
+        if result.suggestion:
+            fork += f" {result.suggestion}"
+        note(f"next: mlfork log {result.name}  |  {fork} --run")
     else:
         note(f"next: mlfork resume {result.name}")

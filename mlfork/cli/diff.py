@@ -56,11 +56,20 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
     click.echo("")
     at = f"fork point (it {fp.metrics_iteration})" if fp and fp.metrics_iteration is not None \
         else "fork point"
-    table(["metric", at, f"{d.a} (it {d.a_iteration})", f"{d.b} (it {d.b_iteration})",
-           f"{d.b} - {d.a}", ""],
-          [[m.metric + (" *" if m.metric == d.headline else ""), m.fork, m.a, m.b,
-            None if m.b_minus_a is None else f"{m.b_minus_a:+.4f}", m.verdict or "-"]
-           for m in d.metrics])
+
+    def it(value: int | None) -> str:
+        return f"it {value}" if value is not None else "no iteration yet"
+
+    if not d.metrics_logged:
+        from ..ops.compare import NO_METRICS
+
+        click.echo(f"metrics: {NO_METRICS}")
+    else:
+        table(["metric", at, f"{d.a} ({it(d.a_iteration)})", f"{d.b} ({it(d.b_iteration)})",
+               f"{d.b} - {d.a}", ""],
+              [[m.metric + (" *" if m.metric == d.headline else ""), m.fork, m.a, m.b,
+                None if m.b_minus_a is None else f"{m.b_minus_a:+.4f}", m.verdict or "-"]
+               for m in d.metrics])
     click.echo("")
     bad = [c.key for c in d.locked if not c.same]
     click.echo("comparable: yes (same locked keys: " + ", ".join(c.key for c in d.locked) + ")"

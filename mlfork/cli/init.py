@@ -27,5 +27,7 @@ def command(directory: str, as_json: bool) -> None:
     click.echo(f"{result.mode} mlfork project at {result.root}")
     for action in result.actions:
         note(f"  - {action}")
+    for text in result.notes:
+        note(f"note: {text}")
     where = "" if directory == "." else f"cd {directory} && "
     note(f"next: {where}mlfork run --name base --iterations 4")

@@ -49,8 +49,10 @@ def command(runs: tuple[str, ...], stitched: bool, names: tuple[str, ...], fmt: 
         emit_json(records)
     elif fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
-    elif df.empty:
+    elif df.empty and df.attrs.get("logged", True):
         note("no metric points: 'mlfork log RUN' shows the run's checkpoints")
+    elif df.empty:
+        pass  # the note above said why
     else:
         wide = df.pivot_table(index=["run", "iteration", "owner"], columns="metric",
                               values="value", sort=False).reset_index()

@@ -33,6 +33,18 @@ COLUMNS = ["run", "owner", "iteration", "metric", "value", "inherited"]
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse")
 
 
+NO_METRICS = (
+    "the project logs no metrics: DVC finds no metrics file in its dvc.yaml; declare one"
+    " (a stage's 'metrics:' output, or the top-level 'metrics:' section, which dvclive"
+    " writes) and the runs' iterations get their metrics"
+)
+
+
+def logs_metrics(project: Project, runs: Sequence[str]) -> bool:
+    """Does DVC find a metrics file at the tip of any of `runs`?"""
+    return any(project.metrics.files(lineage.tip(project, r)) for r in runs)
+
+
 class NotIndexed(NotFound):
     """A run of the lineage is missing from the tracking store."""
 
@@ -338,6 +350,12 @@ def metrics(
         raise UsageError(f"source must be 'auto', 'tracking' or 'git', got {source!r}")
     project = Project.open(path, require_dvc=False)
     names = resolve_runs(project, runs)
+    if not logs_metrics(project, names):
+        if metrics:
+            check_metrics(metrics, set(), names)
+        df = empty_frame()
+        df.attrs.update(source="git", reader="git", note=NO_METRICS, logged=False)
+        return df
     if source == "git":
         return from_git(project, names, mode, metrics)
     chains = {name: chain_from_git(project, name) for name in names}
@@ -399,6 +417,8 @@ def _check_current(project: Project, names: list[str], df: pd.DataFrame) -> None
         rev = lineage.tip(project, name)
         rec = lineage.record(project, name, rev)
         done = lineage.position(project, rev).done(rec.stages) if rec.stages else 0
+        if not project.metrics.files(rev):
+            continue  # this run logs no metrics: there is nothing to be behind on
         if done > 0 and last.get(name) != done - 1:
             raise _Behind(
                 f"the tracking store has run '{name}' up to iteration {last.get(name)},"
@@ -575,6 +595,7 @@ class DiffResult:
     locked: list[LockedCheck]
     comparable: bool
     source: str = "tracking"
+    metrics_logged: bool = True  # False: the project logs no metrics (NO_METRICS)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and infinities (which JSON cannot hold) become None."""
@@ -664,14 +685,16 @@ def diff(
 
     df = frame if frame is not None else metrics(path, [a, b] if a != b else [a], source=source)
     headline = lineage.headline_at(project, tip_b)[0] or lineage.headline_at(project, tip_a)[0]
-    rows, a_last, b_last = _metric_deltas(df, a, b, fork_point, headline)
+    rows, _, _ = _metric_deltas(df, a, b, fork_point, headline)
+    a_last = lineage.position(project, tip_a).done(rec_a.stages) - 1
+    b_last = lineage.position(project, tip_b).done(rec_b.stages) - 1
     return DiffResult(
         a=a,
         b=b,
         headline=headline,
         fork_point=fork_point,
-        a_iteration=a_last,
-        b_iteration=b_last,
+        a_iteration=a_last if a_last >= 0 else None,
+        b_iteration=b_last if b_last >= 0 else None,
         a_is_ancestor=a != b and a in [link.run for link in chain_b],
         b_is_ancestor=a != b and b in [link.run for link in chain_a],
         overrides={
@@ -687,6 +710,7 @@ def diff(
         locked=locked,
         comparable=all(c.same for c in locked),
         source=str(df.attrs.get("source", "")),
+        metrics_logged=bool(df.attrs.get("logged", True)),
     )
 
 

@@ -67,10 +67,14 @@ class Comparison:
     first_metric: MetricDivergence | None = None
     first_output: OutputDivergence | None = None
     missing: list[int] = field(default_factory=list)  # iterations the replay did not complete
+    # iterations in which the replay recomputed no stage (DVC found them all up to date, or
+    # frozen): nothing there was reproduced, so nothing can be called identical
+    not_recomputed: list[int] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
-        return bool(self.rows) and not self.missing and all(r.identical for r in self.rows)
+        return (bool(self.rows) and not self.missing and not self.not_recomputed
+                and all(r.identical for r in self.rows))
 
     @property
     def first_iteration(self) -> int | None:
@@ -78,6 +82,12 @@ class Comparison:
 
     def summary(self) -> str:
         span = iteration_span(self.iterations)
+        if self.not_recomputed and not self.missing and all(r.identical for r in self.rows):
+            return (
+                f"not reproduced: '{self.replay}' recomputed no stage in"
+                f" {iteration_span(self.not_recomputed)} (DVC found them up to date or frozen),"
+                " so the results were not reproduced, only carried over"
+            )
         if self.identical:
             return (
                 f"identical: {span} of '{self.replay}'"
@@ -94,6 +104,8 @@ class Comparison:
             parts.append(f"output {self.first_output.line()}")
         if self.missing:
             parts.append(f"iterations not completed by the replay: {iteration_span(self.missing)}")
+        if self.not_recomputed:
+            parts.append(f"nothing recomputed in {iteration_span(self.not_recomputed)}")
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +126,7 @@ def compare(
     *,
     original: str = "",
     replay: str = "",
+    recomputed: Iterable[tuple[int, str]] | None = None,
 ) -> Comparison:
     """Compare the end-of-iteration checkpoints of two lineages (each read from the
     first-parent history of its commit) iteration by iteration: the metrics exactly, and the
@@ -121,9 +134,12 @@ def compare(
     its = list(iterations)
     result = Comparison(original=original or original_rev[:10], replay=replay or replay_rev[:10],
                         iterations=its)
+    if recomputed is not None:
+        ran = {it for it, _ in recomputed}
+        result.not_recomputed = [it for it in its if it not in ran]
     ends_o = _ends(project, original_rev)
     ends_r = _ends(project, replay_rev)
-    reader = lineage.MetricsReader(project)
+    reader = project.metrics
     largest: dict[str, MetricDivergence] = {}
     for it in its:
         oc, rc = ends_o.get(it), ends_r.get(it)
@@ -168,9 +184,9 @@ def _ends(project: Project, rev: str) -> dict[int, Checkpoint]:
 
 
 def _outputs(project: Project, commit: str) -> dict[str, str | None]:
-    from ..adapters.dvc import DvcProject
+    from ..adapters.dvc import lock_outputs
 
-    outs = DvcProject.lock_outputs(project.git.read(commit, "dvc.lock"))
+    outs = lock_outputs(project.git.read(commit, "dvc.lock"))
     return {path: str_or_none(entry.get("md5")) for path, entry in outs.items()}
 
 

@@ -11,25 +11,25 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import naming
-from ..errors import LockedKeyError, NotFound, OverrideError, UsageError
+from ..errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
 from ..models import Checkpoint, ParentRef, RunRecord, RunResult
-from . import lineage, track
-from .project import MISSING, Project, dotted_get, record_text
-from .run import (
+from . import lineage, params, track, workspace
+from .common import (
+    Event,
     Progress,
-    _check_positive,
-    _options,
-    _quiet,
-    advance,
     check_new_name,
+    check_positive,
     next_free_name,
     now_iso,
+    quiet,
+    runtime_options,
 )
+from .project import MISSING, Composed, Project, dotted_get, record_text
+from .run import advance
 
 
 @dataclass
@@ -116,8 +116,6 @@ def _touches(override_key: str, key: str) -> bool:
     )
 
 
-
-
 def resolve_overrides(
     inherited: Sequence[str],
     own: Sequence[str],
@@ -134,13 +132,14 @@ def resolve_overrides(
     from ..adapters import hydra
 
     parsed = hydra.parse_overrides(list(own))
-    switched = {ov.key for ov in parsed if ov.key in groups and ov.kind != "delete"}
+    switched = {ov.key for ov in parsed
+                if ov.file is None and ov.key in groups and ov.kind != "delete"}
     dropped = (*not_inherited, *switched)
     kept = [o for o in inherited if not any(_touches(_key_of(o), k) for k in dropped)]
     own_out: list[str] = []
     iterations = None
     for ov in parsed:
-        if ov.key in relative and ov.kind != "delete":
+        if ov.file is None and ov.key in relative and ov.kind != "delete":
             value = (ov.value_text or "").strip()
             if not value.isdigit():
                 raise OverrideError(
@@ -155,6 +154,14 @@ def resolve_overrides(
         else:
             own_out.append(ov.text)
     return kept + own_out, own_out, iterations
+
+
+def locked_value(composed: Composed, key: str) -> Any:
+    """The value of a locked key in a composed config: `dataset.name`, or a key of another
+    params file in DVC's grammar (`data.yaml:source`)."""
+    file, dotted = naming.split_params_file(key)
+    data = composed.data.get(file or naming.PARAMS_FILE, {})
+    return dotted_get(data, dotted, MISSING)
 
 
 def branch(
@@ -173,11 +180,15 @@ def branch(
     run: bool = False,
     overrides: Sequence[str] = (),
     argv: Sequence[str] = (),
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     echo: bool = False,
     timings: dict[str, float] | None = None,
 ) -> ForkResult:
     """Fork a run at a checkpoint into the new run `name` (see DESIGN.md section 5).
+
+    Everything is checked before the first write; a failure before the fork is complete
+    (its branch, its commit, the switch) leaves refs, HEAD, index and workspace as they
+    were. With `run`, the fork then continues like `mlfork resume`.
 
     `timings`, if given, receives the seconds of the git, DVC and config work up to the
     MLflow write (`git_dvc`: validation, the branch and its commit, the switch) and of the
@@ -185,6 +196,25 @@ def branch(
     not timed."""
     started = time.perf_counter()
     project = Project.open(path)
+    try:
+        return _branch(
+            project, started, source=source, from_iteration=from_iteration,
+            from_step=from_step, name=name, iterations=iterations, tags=tags,
+            inherit_tags=inherit_tags, timeout=timeout, stage_timeout=stage_timeout,
+            switch=switch, run=run, overrides=overrides, argv=argv, progress=progress,
+            echo=echo, timings=timings,
+        )
+    finally:
+        project.close()
+
+
+def _branch(
+    project: Project, started: float, *, source: str | None, from_iteration: int | None,
+    from_step: str | None, name: str | None, iterations: int | None, tags: Sequence[str],
+    inherit_tags: bool, timeout: float | None, stage_timeout: float | None, switch: bool,
+    run: bool, overrides: Sequence[str], argv: Sequence[str], progress: Progress,
+    echo: bool, timings: dict[str, float] | None,
+) -> ForkResult:
     git = project.git
     sig = git.signature()
     src = lineage.resolve_run(project, source)
@@ -201,11 +231,17 @@ def branch(
         raise UsageError(f"--iterations must be 0 or more, got {iterations}")
     if run and not switch:
         raise UsageError("--run continues the fork in the workspace: drop --no-switch")
-    _check_positive("--timeout", timeout)
-    _check_positive("--stage-timeout", stage_timeout)
+    check_positive("--timeout", timeout)
+    check_positive("--stage-timeout", stage_timeout)
+    if name is not None:
+        check_new_name(project, name)
 
     parent_rec = project.read_record(cp.commit)  # the record of the run that ran it
-    assert parent_rec is not None and parent_rec.name == cp.run
+    if parent_rec is None or parent_rec.name != cp.run:
+        raise MalformedFile(
+            naming.RUN_RECORD, f"the checkpoint {cp.commit[:10]} of '{cp.run}' does not carry"
+            f" the record of '{cp.run}'"
+        )
     policy = project.policy(cp.commit)
     completed = lineage.inherited_until(cp.iteration, cp.step, stages) + 1
     cumulative, own, k = resolve_overrides(
@@ -215,18 +251,23 @@ def branch(
     k = iterations if iterations is not None else k
     budget = completed + k if k is not None else src_rec.iterations
 
-    base = parent_rec.base_commit
-    parent_cfg = project.compose(cp.commit, parent_rec.overrides, base, cp.iteration, budget)
-    fork_cfg = project.compose(cp.commit, cumulative, base, cp.iteration, budget)
+    parent_cfg = project.compose(cp.commit, parent_rec.overrides, cp.iteration, budget)
+    fork_cfg = project.compose(cp.commit, cumulative, cp.iteration, budget)
     for key in policy.locked:
-        if dotted_get(parent_cfg, key, MISSING) != dotted_get(fork_cfg, key, MISSING):
+        if locked_value(parent_cfg, key) != locked_value(fork_cfg, key):
             culprit = next((o for o in own if _touches(_key_of(o), key)), " ".join(own))
             raise LockedKeyError(key, culprit)
 
     name = name or next_free_name(project, f"{src}-fork")
     check_new_name(project, name)
+    current = lineage.current_run(project)
+    extra = _handoff_files(policy)
     if switch:
-        git.require_clean()
+        workspace.check(project, project.pipeline(), run=current, extra=extra)
+    required = _required_at(project, cp.commit, policy)
+    if switch and required and project.dvc.default_remote() is None:
+        project.dvc.fetch(required, f"the fork point {cp.run}@{cp.iteration}/{cp.step}"
+                          " needs it")  # raises MissingData: what to run
     all_tags = list(dict.fromkeys([*(parent_rec.tags if inherit_tags else []), *tags]))
     parent = ParentRef(run=cp.run, iteration=cp.iteration, step=cp.step, commit=cp.commit)
     rec = RunRecord(
@@ -235,75 +276,110 @@ def branch(
         overrides=cumulative,
         own_overrides=own,
         parent=parent,
-        options=_options(fork_cfg, timeout, stage_timeout),  # own overrides count, as in run
+        options=runtime_options(fork_cfg.config, timeout, stage_timeout),
         tags=all_tags,
         argv=list(argv),
         created=now_iso(),
-        base_commit=base,
+        base_commit=parent_rec.base_commit,
         stages=stages,
     )
-    from ..adapters import hydra
     from . import manifest  # the parent's manifest was made in another environment: warn
-    from .run import Event
 
     for message in manifest.drift_warnings(git.read(cp.commit, naming.REPLAY_MANIFEST)):
         progress(Event("warning", name, message=message))
+    try:
+        pipeline_at = project.dvc.pipeline_at(cp.commit)
+        for text in params.untracked_overrides(pipeline_at, own):
+            progress(Event("warning", name, message=(
+                f"no stage depends on the key of '{text}': DVC will rerun nothing for it"
+                " (dvc.yaml's params: name the keys each stage reads)"
+            )))
+    except Exception:  # noqa: BLE001 - a hint only
+        pass
 
     fork_branch = naming.branch_name(name)
-    git.create_branch(fork_branch, cp.commit)  # the race is decided here
     body = f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
     if own:
         body += "\noverrides: " + " ".join(own)
-    try:
-        commit = git.commit_tree_files(
-            fork_branch,
-            cp.commit,
-            {
-                naming.RUN_RECORD: record_text(rec).encode(),
-                naming.PARAMS_FILE: hydra.to_yaml(fork_cfg).encode(),
-            },
-            naming.format_record_message(name, f"fork {cp.run}@{cp.iteration}/{cp.step}", body),
-            signature=sig,
-        )
-    except BaseException:
-        git.delete_branch(fork_branch, cp.commit)
-        raise
-
+    files = {naming.RUN_RECORD: record_text(rec).encode(), **fork_cfg.files}
     result = ForkResult(
-        name=name,
-        branch=fork_branch,
-        fork_run=cp.run,
-        fork_iteration=cp.iteration,
-        fork_step=cp.step,
-        fork_commit=cp.commit,
-        source=src,
-        budget=budget,
-        start_iteration=completed,
-        overrides=cumulative,
-        own_overrides=own,
-        tags=all_tags,
-        switched=False,
-        commit=commit,
+        name=name, branch=fork_branch, fork_run=cp.run, fork_iteration=cp.iteration,
+        fork_step=cp.step, fork_commit=cp.commit, source=src, budget=budget,
+        start_iteration=completed, overrides=cumulative, own_overrides=own, tags=all_tags,
+        switched=False, commit="",
     )
     if not switch:
+        git.create_branch(fork_branch, cp.commit)  # the race is decided here
+        try:
+            result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
+        except BaseException:
+            git.delete_branch(fork_branch, git.resolve_branch(fork_branch) or cp.commit)
+            raise
         _mirror(project, name, progress, timings, started)
         return result
-    with ExitStack() as stack:
+    def note(message: str) -> None:
+        progress(Event("note", name, message=message))
+
+    with project.lock(name, "branch") as lock:
+        workspace.settle(project, lock, run=current, extra=extra, note=note)
+        guard = workspace.Guard(project)
         try:
-            lock = stack.enter_context(project.lock(name, "branch"))
-        except BaseException:  # another mlfork works here: take the fork back
-            git.delete_branch(fork_branch, commit)
+            git.create_branch(fork_branch, cp.commit)  # the race is decided here
+            guard.created_branch(fork_branch)
+            result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
+            workspace.switch(project, guard, lock, fork_branch, required=required, note=note)
+        except BaseException:
+            guard.rollback()
+            lock.idle()
             raise
-        git.switch(fork_branch)
-        project.dvc.checkout()
+        guard.release()
+        lock.idle()
         result.switched = True
         _mirror(project, name, progress, timings, started)
         if run:
-            result.run = advance(
-                project, name, lock=lock, target=budget, progress=progress, echo=echo,
-                signature=sig, argv=argv,
-            )
+            guard = workspace.Guard(project)
+            try:
+                result.run = advance(
+                    project, name, lock=lock, guard=guard, target=budget, progress=progress,
+                    echo=echo, signature=sig, argv=argv,
+                )
+            except BaseException:
+                if guard.active:
+                    guard.rollback()
+                    lock.idle()
+                raise
+            guard.release()
     return result
+
+
+def _fork_commit(
+    project: Project, branch: str, cp: Checkpoint, files: dict[str, bytes], body: str,
+    name: str, sig: Any,
+) -> str:
+    return project.git.commit_tree_files(
+        branch, cp.commit, files,
+        naming.format_record_message(name, f"fork {cp.run}@{cp.iteration}/{cp.step}", body),
+        signature=sig,
+    )
+
+
+def _handoff_files(policy: Any) -> tuple[str, ...]:
+    if policy.checkpoint_output and policy.checkpoint_resume:
+        return (policy.checkpoint_resume, policy.checkpoint_resume + ".dvc")
+    return ()
+
+
+def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
+    """The outputs a fork at `commit` cannot go on without, when the cache lacks them:
+    the checkpoint the hand-off resumes from."""
+    from ..adapters.dvc import lock_outputs
+
+    if not (policy.checkpoint_output and policy.checkpoint_resume):
+        return []
+    entry = lock_outputs(project.git.read(commit, "dvc.lock")).get(policy.checkpoint_output)
+    if entry is None or project.dvc.has_object(entry):
+        return []
+    return [policy.checkpoint_output]
 
 
 def _mirror(
@@ -314,8 +390,6 @@ def _mirror(
     started: float = 0.0,
 ) -> None:
     """The fork's MLflow run: lineage tags, note, params and the inherited metric points."""
-    from .run import Event
-
     if timings is not None:
         timings["git_dvc"] = time.perf_counter() - started
         started = time.perf_counter()

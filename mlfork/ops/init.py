@@ -1,4 +1,5 @@
-"""`mlfork init`: a fresh example project, or the adoption of an existing git+DVC project."""
+"""`mlfork init`: a fresh example project, or the adoption of an existing git+DVC project
+(at the top of its repository or in a folder of it: `dvc init --subdir`, a monorepo)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from .. import naming
 from ..adapters.git import GitRepo
-from ..errors import NotADvcProject, UsageError
-from .project import Project
+from ..errors import NotAGitRepository, ProjectError, UsageError
+from .project import Project, find_dvc_root
 
 EXAMPLE_FILES = ("conf", "pipelines", "dvc.yaml")
 GITIGNORE = "# mlfork\n__pycache__/\n*.pyc\n/.mlfork/local/\n"
@@ -23,6 +24,7 @@ class InitResult:
     mode: str  # "created" or "adopted"
     actions: list[str] = field(default_factory=list)
     commit: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -43,25 +45,21 @@ def init(path: str | os.PathLike[str] = ".") -> InitResult:
     target = Path(path).resolve()
     if not target.exists() or not any(target.iterdir()):
         return create(target)  # a new project, even inside another repository
-    found = _git_root(target)
-    if found is not None and (found / ".dvc").is_dir():
-        return adopt(found)
-    if found is not None:
-        raise NotADvcProject(str(found))
-    raise UsageError(
-        f"'{target}' exists and is not empty: give a new folder, or run 'mlfork init'"
-        " inside an existing git+DVC project to adopt it"
-    )
-
-
-def _git_root(path: Path) -> Path | None:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
     try:
-        return GitRepo.open(probe).root
-    except Exception:
-        return None
+        repo = GitRepo.open(target)
+    except NotAGitRepository:
+        raise UsageError(
+            f"'{target}' exists and is not empty: give a new folder, or run 'mlfork init'"
+            " inside an existing git+DVC project to adopt it"
+        ) from None
+    found = find_dvc_root(target, repo.workdir)
+    if found is None:
+        where = "" if target == repo.workdir else " (or 'dvc init --subdir' in this folder)"
+        raise ProjectError(
+            f"'{target}' is in the git repository '{repo.workdir}' but in no DVC project:"
+            f" run 'dvc init' there{where}, then 'mlfork init'"
+        )
+    return adopt(found)
 
 
 def create(target: Path) -> InitResult:
@@ -104,6 +102,10 @@ def _create(src: Path, target: Path) -> InitResult:
         (target / naming.PARAMS_FILE).write_text(hydra.to_yaml(config), encoding="utf-8")
         if policy_resume:
             dvc.set_resume(policy_resume, None)
+        dvc.reset()
+        # git ignores the outputs on the base branch too: back on it after a run, they are
+        # DVC's files in DVC's place, not untracked changes
+        dvc.ignore_outputs(o.path for o in dvc.pipeline().outs() if o.cache)
     paths = [
         str(p.relative_to(target))
         for p in sorted(target.rglob("*"))
@@ -120,18 +122,39 @@ def _create(src: Path, target: Path) -> InitResult:
 
 
 def adopt(root: Path) -> InitResult:
-    """An existing git+DVC project: link the DVC cache (machine-local config) and nothing else."""
-    from ..adapters.dvc import DvcProject
+    """An existing git+DVC project: link the DVC cache (machine-local config), have git
+    ignore its declared outputs locally, and nothing else: no tracked file changes."""
+    from . import params
 
     project = Project.open(root)
     actions = []
-    with DvcProject(root) as dvc, dvc.repo.config.edit("local") as local:
-        merged = dvc.repo.config.get("cache", {})
-        if not merged.get("type"):
-            local.setdefault("cache", {})["type"] = "reflink,hardlink,symlink"
+    notes = []
+    dvc = project.dvc
+    try:
+        if dvc.configure_links(dvc.repo, level="local"):
             actions.append("cache.type reflink,hardlink,symlink in .dvc/config.local")
-    project.local("outbox")
-    actions.append(".mlfork/local/ (machine-local, ignores itself)")
-    mode = "conf/ (Hydra)" if (root / naming.CONF_DIR / "config.yaml").is_file() else "params.yaml"
-    actions.append(f"config source: {mode}")
-    return InitResult(root=str(root), mode="adopted", actions=actions)
+        pipeline = dvc.pipeline()
+        unignored = [o.path for o in pipeline.outs()
+                     if o.cache and not project.git.is_ignored(o.path)]
+        added = project.git.add_exclude(unignored)
+        if added:
+            actions.append(f"git ignores {len(added)} DVC output(s) here (.git/info/exclude)")
+        project.local("outbox")
+        actions.append(".mlfork/local/ (machine-local, ignores itself)")
+        head = project.git.head_commit()
+        mode = "conf/ (Hydra)" if (root / naming.CONF_DIR / "config.yaml").is_file() else (
+            "params.yaml" if (root / naming.PARAMS_FILE).is_file() else "no params.yaml"
+        )
+        actions.append(f"config source: {mode}")
+        if project.git.prefix:
+            actions.append(f"project in folder '{project.git.prefix}' of its git repository")
+        if not pipeline.stages:
+            notes.append("dvc.yaml has no stages yet: add the pipeline's stages before"
+                         " 'mlfork run'")
+        elif head is not None and not params.iterates(
+            pipeline, project.policy(head), project.params_at(head)
+        ):
+            notes.append(params.NOT_ITERATING)
+    finally:
+        project.close()
+    return InitResult(root=str(root), mode="adopted", actions=actions, notes=notes)

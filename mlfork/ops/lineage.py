@@ -1,16 +1,19 @@
-"""Runs and checkpoints, read from git alone (git is the truth, MLflow an index)."""
+"""Runs and checkpoints, read from git alone (git is the truth, MLflow an index).
+
+A run's history is its branch's first-parent line down to the record commit of its root
+run (the `start run` commit of the run that is not a fork). On that line, commits with
+checkpoint trailers are checkpoints; a record commit opens a run (or a fork); any other
+commit is the user's (a code fix between iterations, a recorded plain `dvc repro`): it is
+part of the run and belongs to the iteration after the last checkpoint before it.
+"""
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import yaml
 
 from .. import naming
-from ..errors import AmbiguousRun, MlforkError, UnknownRun
+from ..errors import AmbiguousRun, MalformedFile, NotFound, UnknownRun
 from ..models import Checkpoint, Commit, RunInfo, RunRecord
 from .project import Project
 
@@ -35,7 +38,7 @@ class Position:
         """Iterations completed (all stages committed)."""
         if self.iteration is None:
             return 0
-        return self.iteration + 1 if self.step == stages[-1] else self.iteration
+        return self.iteration + 1 if stages and self.step == stages[-1] else self.iteration
 
 
 def run_names(project: Project) -> list[str]:
@@ -62,11 +65,9 @@ def resolve_run(project: Project, ref: str | None) -> str:
     if ref is None:
         name = current_run(project)
         if name is None:
-            raise UnknownRun(
-                "(none checked out)", names
-            ) if names else MlforkError(
-                "no run is checked out and none exists: start one with 'mlfork run'"
-            )
+            if names:
+                raise UnknownRun("(none checked out)", names)
+            raise NotFound("no run is checked out and none exists: start one with 'mlfork run'")
         return name
     name = naming.run_from_ref(ref) or ref
     if name in names:
@@ -87,40 +88,53 @@ def tip(project: Project, run: str) -> str:
 
 
 def record(project: Project, run: str, rev: str | None = None) -> RunRecord:
-    rec = project.read_record(rev or tip(project, run))
-    if rec is None or rec.name != run:
-        raise MlforkError(
-            f"branch 'mlfork/{run}' has no run record for '{run}': it was not made by mlfork"
+    rev = rev or tip(project, run)
+    rec = project.read_record(rev)
+    if rec is None:
+        raise MalformedFile(
+            naming.RUN_RECORD, f"branch 'mlfork/{run}' has none at {rev[:10]}: it was not made"
+            " by mlfork (rename or delete the branch)"
+        )
+    if rec.name != run:
+        raise MalformedFile(
+            naming.RUN_RECORD, f"on branch 'mlfork/{run}' it names run '{rec.name}'; a run's"
+            " branch must carry its own record (rename the branch back, or start a new run)"
         )
     return rec
 
 
-def history(project: Project, rev: str) -> list[Commit]:
-    """The mlfork commits on the first-parent line of `rev`, oldest first."""
-    out: list[Commit] = []
+def walk(project: Project, rev: str) -> Iterator[Commit]:
+    """A run's history, newest first: the first-parent line of `rev` down to (and with)
+    the record commit of its root run."""
     for commit in project.git.first_parent_walk(rev):
-        if commit.trailers is None:
-            break
-        out.append(commit)
+        yield commit
+        t = commit.trailers
+        if t is not None and not t.is_checkpoint:
+            rec = project.read_record(commit.id)
+            if rec is None or rec.parent is None:
+                return
+
+
+def history(project: Project, rev: str) -> list[Commit]:
+    """`walk`, oldest first."""
+    out = list(walk(project, rev))
     out.reverse()
     return out
 
 
 def checkpoints(project: Project, rev: str, with_metrics: bool = False) -> list[Checkpoint]:
-    """Every checkpoint reachable on the first-parent line, oldest first; where two commits
-    claim the same (iteration, step), the newest wins (DESIGN.md section 2). With metrics,
-    each end-of-iteration checkpoint carries that iteration's metrics."""
-    reader = MetricsReader(project) if with_metrics else None
+    """Every checkpoint of the history of `rev`, oldest first; where two commits claim the
+    same (iteration, step), the newest wins (DESIGN.md section 2). With metrics, each
+    end-of-iteration checkpoint carries that iteration's metrics."""
     rec = project.read_record(rev) if with_metrics else None
     last_stage = rec.stages[-1] if rec is not None and rec.stages else None
     found: dict[tuple[int, str], Checkpoint] = {}
     for commit in history(project, rev):
         t = commit.trailers
-        if t is None or not t.is_checkpoint:
+        if t is None or t.iteration is None or t.step is None:
             continue
-        assert t.iteration is not None and t.step is not None
         # an iteration's metrics belong to its end; earlier stages still show the last ones
-        metrics = reader.at(commit.id) if reader and t.step == last_stage else {}
+        metrics = project.metrics.at(commit.id) if with_metrics and t.step == last_stage else {}
         found[(t.iteration, t.step)] = Checkpoint(
             t.run, t.iteration, t.step, commit.id, commit.time, metrics
         )
@@ -128,14 +142,24 @@ def checkpoints(project: Project, rev: str, with_metrics: bool = False) -> list[
 
 
 def position(project: Project, rev: str) -> Position:
-    """The newest checkpoint at or below `rev` on the first-parent line."""
-    for commit in project.git.first_parent_walk(rev):
+    """The newest checkpoint of the history of `rev` (user commits above it do not move it)."""
+    for commit in walk(project, rev):
         t = commit.trailers
-        if t is None:
-            break
-        if t.is_checkpoint:
+        if t is not None and t.iteration is not None and t.step is not None:
             return Position(t.iteration, t.step)
     return Position(None, None)
+
+
+def commits_since_checkpoint(project: Project, rev: str) -> list[Commit]:
+    """The user's commits (no mlfork trailers) between the newest checkpoint or record
+    commit and `rev`, oldest first: they belong to the next iteration."""
+    out = []
+    for commit in project.git.first_parent_walk(rev):
+        if commit.trailers is not None:
+            break
+        out.append(commit)
+    out.reverse()
+    return out
 
 
 def inherited_until(iteration: int, step: str, stages: list[str]) -> int:
@@ -182,104 +206,33 @@ def run_status(project: Project, run: str, done: int, budget: int) -> str:
 
 
 def headline_at(project: Project, rev: str) -> tuple[str | None, float | None]:
-    """The headline metric (`val_metric` of params.yaml) and its value at a commit."""
+    """The headline metric at a commit: the config's `val_metric` where it names one, else
+    the first metric the project logs; (None, None) for a project that logs none."""
+    values = project.metrics.at(rev)
     name = project.params_at(rev).get("val_metric")
-    if not isinstance(name, str):
+    if isinstance(name, str):
+        return name, values.get(name)
+    if not values:
         return None, None
-    return name, MetricsReader(project).at(rev).get(name)
-
-
-class MetricsReader:
-    """Reads the DVC metrics files of the pipeline at a commit (from git, or from the DVC
-    cache for cached metrics), flattened to `a.b -> float`."""
-
-    def __init__(self, project: Project) -> None:
-        self.project = project
-        self._paths_by_blob: dict[bytes, list[str]] = {}
-
-    def paths(self, rev: str) -> list[str]:
-        raw = self.project.git.read(rev, "dvc.yaml")
-        if raw is None:
-            return []
-        if raw not in self._paths_by_blob:
-            self._paths_by_blob[raw] = metrics_paths(raw)
-        return self._paths_by_blob[raw]
-
-    def at(self, rev: str) -> dict[str, float]:
-        values: dict[str, float] = {}
-        for path in self.paths(rev):
-            data = self.project.git.read(rev, path)
-            if data is None:
-                data = self._from_cache(rev, path)
-            if data is None:
-                continue
-            values.update(parse_metrics(path, data))
-        return values
-
-    def _from_cache(self, rev: str, path: str) -> bytes | None:
-        from ..adapters.dvc import DvcProject
-
-        lock = self.project.git.read(rev, "dvc.lock")
-        entry = DvcProject.lock_outputs(lock).get(path)
-        if not entry or "md5" not in entry:
-            return None
-        md5 = str(entry["md5"])
-        blob = self.project.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-        try:
-            return blob.read_bytes()
-        except OSError:
-            return None
-
-
-def metrics_paths(dvc_yaml: bytes) -> list[str]:
-    try:
-        data = yaml.safe_load(dvc_yaml) or {}
-    except yaml.YAMLError:
-        return []
-    paths: list[str] = []
-    for stage in (data.get("stages") or {}).values():
-        if not isinstance(stage, dict):
-            continue
-        wdir = stage.get("wdir")
-        for item in stage.get("metrics") or []:
-            path = next(iter(item)) if isinstance(item, dict) else str(item)
-            paths.append(f"{wdir.rstrip('/')}/{path}" if wdir and wdir != "." else path)
-    return paths
-
-
-def parse_metrics(path: str, data: bytes) -> dict[str, float]:
-    try:
-        loaded: Any = (
-            json.loads(data) if path.endswith(".json") else yaml.safe_load(data)
-        )
-    except (ValueError, yaml.YAMLError):
-        return {}
-    out: dict[str, float] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(float(value))
-        ):
-            out[prefix] = float(value)
-
-    walk("", loaded)
-    return out
+    first = next(iter(values))
+    return first, values[first]
 
 
 def runs(path: str = ".") -> list[RunInfo]:
     """Every run of the project (`mlfork runs`), by name."""
     project = Project.open(path, require_dvc=False)
-    return [run_info(project, name) for name in run_names(project)]
+    try:
+        return [run_info(project, name) for name in run_names(project)]
+    finally:
+        project.close()
 
 
 def log(path: str = ".", run: str | None = None) -> list[Checkpoint]:
     """A run's checkpoints with their metrics, oldest first (`mlfork log`); inherited ones
     name the ancestor that owns them."""
     project = Project.open(path, require_dvc=False)
-    name = resolve_run(project, run)
-    return checkpoints(project, tip(project, name), with_metrics=True)
+    try:
+        name = resolve_run(project, run)
+        return checkpoints(project, tip(project, name), with_metrics=True)
+    finally:
+        project.close()

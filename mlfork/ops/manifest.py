@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 
 from .. import naming
 from ..errors import MalformedFile
-from ..models import RunRecord
+from ..models import Pipeline, RunRecord
 
 MANIFEST_VERSION = 1
 KEY_PACKAGES = (
@@ -42,20 +41,6 @@ def _yaml(text: bytes | str | Any) -> Any:
     """YAML through libyaml when PyYAML has it (10x the pure-Python parser: dvc.lock is
     parsed on every iteration), else the pure-Python safe loader; same results."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
-
-
-@lru_cache(maxsize=8)
-def lock_outputs(lock_text: bytes | None) -> dict[str, dict[str, Any]]:
-    """`path -> {md5, size, hash}` of every stage output of a dvc.lock text (as
-    `DvcProject.lock_outputs`, parsed once per text). Do not mutate the result."""
-    if not lock_text:
-        return {}
-    data = _yaml(lock_text) or {}
-    outs: dict[str, dict[str, Any]] = {}
-    for stage in (data.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            outs[out["path"]] = {k: v for k, v in out.items() if k != "path"}
-    return outs
 
 
 _DIST_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)\.(?:dist|egg)-info$")
@@ -221,56 +206,6 @@ def _walk(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, config)]
 
 
-SKIP_DIRS = frozenset({
-    ".git", ".dvc", ".mlfork", "__pycache__", ".venv", "venv", "node_modules", ".tox",
-    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
-})
-
-
-def dvc_data_sources(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """`path -> {md5, size[, nfiles]}` of every output of a `.dvc` file in the workspace,
-    read from the `.dvc` files themselves: the hashes DVC already holds, no data is read
-    (and DVC's own index, 50-100 ms to build, is not needed). Folders that are DVC outputs
-    (of a .dvc file or of `skip`, e.g. the stage outputs) are not walked into: DVC forbids
-    a .dvc file inside an output."""
-    root = Path(root)
-    skipped = {os.path.normpath(p) for p in skip}
-    found: dict[str, dict[str, Any]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        outs_here: set[str] = set()
-        for name in filenames:
-            if not name.endswith(".dvc"):
-                continue
-            try:
-                with open(os.path.join(dirpath, name), "rb") as fh:
-                    data = _yaml(fh.read()) or {}
-            except (OSError, yaml.YAMLError):
-                continue
-            for out in (data.get("outs") or []) if isinstance(data, dict) else []:
-                if not isinstance(out, dict) or not out.get("path"):
-                    continue
-                rel = os.path.normpath(os.path.join(rel_dir, str(out["path"])))
-                entry: dict[str, Any] = {"md5": out.get("md5"), "size": out.get("size")}
-                if out.get("nfiles") is not None:
-                    entry["nfiles"] = out["nfiles"]
-                found[rel] = entry
-                outs_here.add(str(out["path"]).split("/")[0])
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if d not in SKIP_DIRS and d not in outs_here
-            and os.path.normpath(os.path.join(rel_dir, d)) not in skipped
-            and not os.path.islink(os.path.join(dirpath, d))
-        )
-    return dict(sorted(found.items()))
-
-
-def data_sources(root: Path, lock_text: bytes | None) -> dict[str, dict[str, Any]]:
-    """The .dvc-tracked data of the workspace (see `dvc_data_sources`), not walking into
-    the stage outputs dvc.lock lists."""
-    return dvc_data_sources(root, skip=lock_outputs(lock_text))
-
-
 def safe_tracking(uri: str) -> str:
     """The tracking store as a manifest may name it: `embedded`, or a URI without user,
     password, query or fragment (where tokens travel), and without a local path."""
@@ -323,6 +258,36 @@ def scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+def sources_of(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """`path -> {md5, size[, nfiles]}` of the data `.dvc` files track (the hashes DVC
+    already holds: no data is read)."""
+    found: dict[str, dict[str, Any]] = {}
+    for out in pipeline.sources:
+        entry: dict[str, Any] = {"md5": out.md5, "size": out.size}
+        if out.nfiles is not None:
+            entry["nfiles"] = out.nfiles
+        found[out.path] = entry
+    return dict(sorted(found.items()))
+
+
+def stage_params(pipeline: Pipeline) -> dict[str, list[str]]:
+    """stage -> the params.yaml keys it reads (every key of a whole-file dependency)."""
+    out: dict[str, list[str]] = {}
+    for stage in pipeline.stages:
+        keys: list[str] = []
+        for file, tracked in stage.params:
+            keys += list(tracked) if tracked else (["*"] if file == naming.PARAMS_FILE else [])
+        out[stage.name] = keys
+    return out
+
+
+def stage_outs(pipeline: Pipeline) -> dict[str, list[str]]:
+    """stage -> its data outputs (metrics and plots are results, not inputs)."""
+    return {
+        s.name: [o.path for o in s.outs if not o.metric and not o.plot] for s in pipeline.stages
+    }
+
+
 def datasets(
     root: Path,
     config: dict[str, Any],
@@ -337,11 +302,13 @@ def datasets(
     """Dataset identity: the outputs of stages that read a locked key and the DVC-tracked
     files (hashes DVC already holds: nothing is read), plus files a locked key names that
     DVC does not track (SHA-256, streamed)."""
+    from ..adapters.dvc import lock_outputs
+
     outs = lock_outputs(lock_text)
     found: dict[str, Any] = {}
 
     def reads_locked(params: list[str]) -> bool:
-        return any(p == k or p.startswith(k + ".") or k.startswith(p + ".")
+        return any(p == "*" or p == k or p.startswith(k + ".") or k.startswith(p + ".")
                    for p in params for k in locked)
 
     for stage, params in stage_params.items():
@@ -376,13 +343,13 @@ def datasets(
 
 
 def seed_bundle(config: dict[str, Any], pythonhashseed: str) -> dict[str, Any]:
+    """The seeds mlfork knows of: the config's `seed` keys and the PYTHONHASHSEED it gave
+    the stages. What a stage seeds from them is the stage's own business (not recorded)."""
     seeds = {k: v for k, v in _walk(config) if k.split(".")[-1] == "seed" or k == "seed"}
     return {
         "config_seed": config.get("seed"),
         "config_seeds": seeds,
         "PYTHONHASHSEED": pythonhashseed,
-        # what the example pipeline seeds from config_seed and restores from its checkpoint
-        "pipeline": ["numpy.random.Generator", "numpy.random (legacy global)", "random"],
     }
 
 
@@ -397,6 +364,7 @@ def build(
     code_commit: str,
     tracking: str,
     created: str,
+    user_commits: list[str] | None = None,
 ) -> dict[str, Any]:
     parent = None
     if rec.parent is not None:
@@ -421,6 +389,7 @@ def build(
         "datasets": data,
         "environment": environment(),
         "code_commit": code_commit,
+        "user_commits": list(user_commits or []),
         "base_commit": rec.base_commit,
         "tracking": safe_tracking(tracking),
     }
@@ -497,27 +466,3 @@ def load(text: bytes | str, source: str = naming.REPLAY_MANIFEST) -> Manifest:
             source, "'datasets' must map paths to entries with a source of 'dvc' or 'sha256'"
         )
     return m
-
-
-def dvc_yaml_shape(dvc_yaml: bytes | None) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """(stage -> params keys, stage -> data output paths) from a dvc.yaml text."""
-    data = _yaml(dvc_yaml or b"") or {}
-    params: dict[str, list[str]] = {}
-    outs: dict[str, list[str]] = {}
-    for name, stage in (data.get("stages") or {}).items():
-        if not isinstance(stage, dict):
-            continue
-        keys: list[str] = []
-        for item in stage.get("params") or []:
-            if isinstance(item, dict):
-                for v in item.values():
-                    keys += [str(x) for x in (v or [])]
-            else:
-                keys.append(str(item))
-        params[name] = keys
-        # data outputs only: metrics and plots files are results, not inputs
-        outs[name] = [
-            next(iter(item)) if isinstance(item, dict) else str(item)
-            for item in stage.get("outs") or []
-        ]
-    return params, outs

@@ -248,6 +248,8 @@ def figure(
     names = compare.resolve_runs(project, runs)
     if metric is None:
         metric = lineage.headline_at(project, lineage.tip(project, names[0]))[0]
+    if not compare.logs_metrics(project, names):
+        raise compare.NotFound(f"{compare.NO_METRICS}: nothing to plot")
     if metric is None:  # no val_metric: the first metric logged
         every = compare.metrics(path, names, source=source)
         if every.empty:

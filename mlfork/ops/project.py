@@ -1,4 +1,8 @@
-"""The project an operation works on: git, DVC, the policy, local state and the lock."""
+"""The project an operation works on: git, DVC, the policy, local state and the lock.
+
+The project's root is its DVC root, which may be a subfolder of the git repository
+(`dvc init --subdir`, a folder of a monorepo); every path mlfork records is relative to it.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +14,85 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .. import naming
 from ..adapters.git import GitRepo
-from ..errors import ConfigError, MalformedFile, NotADvcProject, ProjectLocked
-from ..models import Policy, RunRecord
+from ..errors import MalformedFile, NotADvcProject, OverrideError, ProjectLocked
+from ..models import Pipeline, Policy, RunRecord
+
+if TYPE_CHECKING:
+    from ..adapters.dvc import DvcProject
+
+
+def load_yaml(text: bytes | str | None) -> Any:
+    """YAML through libyaml where PyYAML has it (same results as the pure-Python loader)."""
+    return yaml.load(text or b"", Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
+def find_dvc_root(start: Path, top: Path) -> Path | None:
+    """The nearest folder from `start` up to `top` (the git work tree) that holds `.dvc/`."""
+    probe = start.resolve()
+    top = top.resolve()
+    while True:
+        if (probe / ".dvc").is_dir():
+            return probe
+        if probe == top or probe.parent == probe:
+            return None
+        probe = probe.parent
+
+
+@dataclass
+class Composed:
+    """The config of one iteration: the main config (what params.yaml holds) and the bytes
+    of every params file mlfork writes (params.yaml, and each file an override names)."""
+
+    config: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # parsed, by file
 
 
 class Project:
     def __init__(self, git: GitRepo) -> None:
         self.git = git
         self.root = git.root
+        self._records: dict[str, RunRecord | None] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".", require_dvc: bool = True) -> Project:
-        project = cls(GitRepo.open(path))
-        if require_dvc and not (project.root / ".dvc").is_dir():
-            raise NotADvcProject(str(project.root))
-        return project
+        repo = GitRepo.open(path)
+        start = Path(path)
+        if not start.exists():
+            start = repo.workdir
+        found = find_dvc_root(start if start.is_dir() else start.parent, repo.workdir)
+        if found is None:
+            if require_dvc:
+                raise NotADvcProject(str(Path(path).resolve()))
+            found = repo.workdir
+        return cls(repo.at(found))
 
     # -- DVC ------------------------------------------------------------------------------------
 
     @cached_property
-    def dvc(self) -> Any:
+    def dvc(self) -> DvcProject:
         from ..adapters.dvc import DvcProject
 
         return DvcProject(self.root)
+
+    def pipeline(self) -> Pipeline:
+        return self.dvc.pipeline()
+
+    @cached_property
+    def metrics(self) -> Any:
+        """One metrics reader per command (it memoizes what DVC finds per commit)."""
+        from .metrics_reader import MetricsReader
+
+        return MetricsReader(self)
 
     def close(self) -> None:
         if "dvc" in self.__dict__:
@@ -52,27 +104,38 @@ class Project:
     def has_conf(self, rev: str) -> bool:
         return self.git.has_path(rev, f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml")
 
-    def raw_root_config(self, rev: str) -> dict[str, Any]:
-        """conf/config.yaml (or params.yaml in params-only mode) at `rev`, parsed, not composed."""
-        conf = f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml"
-        path = conf if self.has_conf(rev) else naming.PARAMS_FILE
+    def _read_yaml(self, rev: str, path: str) -> dict[str, Any] | None:
         data = self.git.read(rev, path)
         if data is None:
-            return {}
+            return None
         try:
-            loaded = yaml.safe_load(data) or {}
+            loaded = load_yaml(data) or {}
         except yaml.YAMLError as exc:
             raise MalformedFile(path, str(exc).splitlines()[0]) from exc
         if not isinstance(loaded, dict):
             raise MalformedFile(path, "expected a mapping at the top")
         return loaded
 
+    def raw_root_config(self, rev: str) -> dict[str, Any]:
+        """conf/config.yaml (or params.yaml in params-only mode) at `rev`, parsed, not composed."""
+        conf = f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml"
+        path = conf if self.has_conf(rev) else naming.PARAMS_FILE
+        return self._read_yaml(rev, path) or {}
+
     def params_at(self, rev: str) -> dict[str, Any]:
         """The composed config of a commit (its params.yaml); {} if missing or unreadable."""
         raw = self.git.read(rev, naming.PARAMS_FILE)
         try:
-            loaded = yaml.safe_load(raw) if raw else {}
+            loaded = load_yaml(raw) if raw else {}
         except yaml.YAMLError:
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def params_at_workspace(self) -> dict[str, Any]:
+        """params.yaml as it is in the workspace ({} if missing or unreadable)."""
+        try:
+            loaded = load_yaml((self.root / naming.PARAMS_FILE).read_bytes())
+        except (OSError, yaml.YAMLError):
             return {}
         return loaded if isinstance(loaded, dict) else {}
 
@@ -81,46 +144,102 @@ class Project:
         return self.git.subdirs(rev, naming.CONF_DIR)
 
     def policy(self, rev: str) -> Policy:
-        return Policy.from_config(self.raw_root_config(rev).get("mlfork"))
+        """The fork policy: the `mlfork:` section of conf/config.yaml; in a project without
+        conf/, `.mlfork/config.yaml` (or the `mlfork:` section of params.yaml)."""
+        if self.has_conf(rev):
+            section = self.raw_root_config(rev).get("mlfork")
+            return Policy.from_config(section, f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml")
+        own = self._read_yaml(rev, naming.POLICY_FILE)
+        if own is not None:
+            return Policy.from_config(own.get("mlfork", own), naming.POLICY_FILE)
+        section = (self._read_yaml(rev, naming.PARAMS_FILE) or {}).get("mlfork")
+        return Policy.from_config(section, naming.PARAMS_FILE)
 
     def compose(
-        self, rev: str, overrides: list[str], base_commit: str, iteration: int, budget: int
-    ) -> dict[str, Any]:
-        """The config of one iteration: conf/ at `rev` + overrides, or, without conf/,
-        params.yaml at `base_commit` + overrides. `iteration`/`iterations` are set when the
-        config has those keys. The `mlfork` policy section is not part of params.yaml."""
+        self, rev: str, overrides: list[str], iteration: int | None, budget: int | None
+    ) -> Composed:
+        """The config of one iteration at commit `rev`:
+        - with conf/: conf/ at `rev` composed by Hydra with the main-config overrides;
+        - without: params.yaml at `rev` with the main-config overrides applied;
+        - each params file an override names (`train.yaml:lr=0.1`): that file at `rev` with
+          its overrides applied, as `dvc exp run -S` does.
+        Overrides are applied idempotently: `rev` may hold a file they were applied to
+        already. `iteration`/`iterations` are set when the main config has those keys
+        (`budget` None keeps the config's). The `mlfork` policy section is not part of
+        params.yaml."""
         from ..adapters import hydra
+        from ..adapters.dvc import apply_params_overrides
 
+        parsed = hydra.parse_overrides(list(overrides))
+        by_file: dict[str | None, list[tuple[str, str]]] = {}
+        for ov in parsed:
+            body = naming.split_params_file(ov.text)[1]
+            by_file.setdefault(ov.file, []).append((ov.text, body))
+        main = [body for _, body in by_file.pop(None, [])]
+        out = Composed(config={})
         if self.has_conf(rev):
             with tempfile.TemporaryDirectory(prefix="mlfork-conf-") as tmp:
                 self.git.export_dir(rev, naming.CONF_DIR, Path(tmp))
-                config = hydra.compose(Path(tmp), overrides, naming.CONF_NAME)
+                config = hydra.compose(Path(tmp), main, naming.CONF_NAME)
             config.pop("mlfork", None)
+            if "iteration" in config and iteration is not None:
+                config["iteration"] = iteration
+            if "iterations" in config and budget is not None:
+                config["iterations"] = budget
+            out.files[naming.PARAMS_FILE] = hydra.to_yaml(config).encode("utf-8")
         else:
-            raw = self.git.read(base_commit, naming.PARAMS_FILE)
+            raw = self.git.read(rev, naming.PARAMS_FILE)
             if raw is None:
-                raise ConfigError(
-                    "the project has neither conf/config.yaml nor params.yaml: add one of them"
+                if main:
+                    raise OverrideError(
+                        " ".join(main),
+                        "the project has neither conf/config.yaml nor params.yaml to apply it"
+                        " to: address a params file ('train.yaml:lr=0.1')",
+                    )
+                config = {}
+            else:
+                current = self._read_yaml(rev, naming.PARAMS_FILE) or {}
+                managed = [(t, t) for t in main]
+                if "iteration" in current and iteration is not None:
+                    managed.append(("iteration", f"iteration={iteration}"))
+                if "iterations" in current and budget is not None:
+                    managed.append(("iterations", f"iterations={budget}"))
+                text = apply_params_overrides(raw, naming.PARAMS_FILE, managed) \
+                    if managed else raw
+                out.files[naming.PARAMS_FILE] = text
+                config = load_yaml(text) or {}
+        out.config = config
+        out.data[naming.PARAMS_FILE] = config
+        for file, items in sorted(by_file.items(), key=lambda kv: str(kv[0])):
+            assert file is not None
+            raw = self.git.read(rev, file)
+            if raw is None:
+                raise OverrideError(
+                    items[0][0], f"params file '{file}' does not exist at {rev[:10]}"
                 )
-            base = yaml.safe_load(raw) or {}
-            config = hydra.apply_overrides(base, overrides)
-        if "iteration" in config:
-            config["iteration"] = iteration
-        if "iterations" in config:
-            config["iterations"] = budget
-        return config
+            text = apply_params_overrides(raw, file, items)
+            out.files[file] = text
+            out.data[file] = _parse_params(file, text)
+        return out
 
     # -- run records ----------------------------------------------------------------------------
 
     def read_record(self, rev: str) -> RunRecord | None:
+        """The run record committed at `rev` (memoized by commit: it never changes)."""
+        if rev in self._records:
+            cached = self._records[rev]
+            return None if cached is None else RunRecord.from_dict(cached.to_dict())
         data = self.git.read(rev, naming.RUN_RECORD)
         if data is None:
+            self._records[rev] = None
             return None
         try:
-            loaded = yaml.safe_load(data)
+            loaded = load_yaml(data)
         except yaml.YAMLError as exc:
             raise MalformedFile(naming.RUN_RECORD, str(exc).splitlines()[0]) from exc
-        return RunRecord.from_dict(loaded)
+        rec = RunRecord.from_dict(loaded)
+        self._records[rev] = rec
+        return RunRecord.from_dict(rec.to_dict())
 
     def write_record(self, record: RunRecord) -> None:
         path = self.root / naming.RUN_RECORD
@@ -151,12 +270,39 @@ class Project:
         except (OSError, ValueError):
             return {}
 
+    def strays(self) -> set[str]:
+        """Untracked files the pipeline's stages wrote outside what DVC declares (named in a
+        warning when they appeared): they are the pipeline's, and never block a command."""
+        try:
+            return set(json.loads((self.root / naming.STRAYS_FILE).read_text("utf-8")))
+        except (OSError, ValueError, TypeError):
+            return set()
+
+    def add_strays(self, paths: set[str]) -> None:
+        if paths:
+            known = self.strays() | paths
+            self.local("strays.json").write_text(json.dumps(sorted(known)), encoding="utf-8")
+
+    def last_work(self) -> dict[str, Any] | None:
+        """What the last holder of the lock was in the middle of (a stage, a switch) if it
+        died there, read without taking the lock; None if it finished cleanly."""
+        try:
+            loaded = json.loads((self.root / naming.LOCK_FILE).read_text("utf-8") or "{}")
+        except (OSError, ValueError):
+            return None
+        work = loaded.get("working") if isinstance(loaded, dict) else None
+        return dict(work) if isinstance(work, dict) else None
+
     def lock_holder(self) -> dict[str, Any]:
         """Who holds the project lock right now ({} if nobody)."""
         path = self.root / naming.LOCK_FILE
         if not path.exists():
             return {}
-        with open(path, "a+") as fh:
+        try:
+            fh = open(path, "a+")  # noqa: SIM115
+        except OSError:
+            return {}
+        with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -187,20 +333,34 @@ class Project:
                 ) from None
             fh.seek(0)
             previous = fh.read()
-            lock = ProjectLock(fh, run, command)
+            lock = ProjectLock(fh, run, command, previous)
             lock.reap_orphans(previous)
             lock.update()
             yield lock
+            lock.idle()
         finally:
             fh.close()
 
 
 class ProjectLock:
-    def __init__(self, fh: Any, run: str, command: str) -> None:
+    def __init__(self, fh: Any, run: str, command: str, previous: str = "") -> None:
         self._fh = fh
         self.run = run
         self.command = command
         self.children: list[tuple[int, float]] = []
+        self.working: dict[str, Any] | None = None
+        try:
+            loaded = json.loads(previous or "{}")
+        except ValueError:
+            loaded = {}
+        self.previous: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+
+    @property
+    def interrupted_work(self) -> dict[str, Any] | None:
+        """What the previous holder was in the middle of when it died (a stage of a run, a
+        switch), or None if it finished cleanly."""
+        work = self.previous.get("working")
+        return dict(work) if isinstance(work, dict) else None
 
     def update(self, children: list[tuple[int, float]] | None = None) -> None:
         if children is not None:
@@ -210,11 +370,24 @@ class ProjectLock:
             "run": self.run,
             "command": self.command,
             "children": self.children,
+            "working": self.working,
         }
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(json.dumps(payload))
         self._fh.flush()
+
+    def work(self, **what: Any) -> None:
+        """Mark the workspace as being changed (a stage running, a switch): if this process
+        dies, the next holder knows the changes it finds are leftovers, not a user's."""
+        self.working = dict(what)
+        self.update()
+
+    def idle(self) -> None:
+        """The workspace is consistent again (committed, or put back)."""
+        self.working = None
+        self.children = []
+        self.update()
 
     @staticmethod
     def reap_orphans(previous: str, grace: float = 30.0) -> None:
@@ -224,7 +397,7 @@ class ProjectLock:
 
         try:
             children = list(json.loads(previous or "{}").get("children") or [])
-        except ValueError:
+        except (ValueError, AttributeError):
             return
         procs = []
         for pid, created in children:
@@ -241,6 +414,16 @@ class ProjectLock:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         psutil.wait_procs(alive, timeout=5)
+
+
+def _parse_params(path: str, text: bytes) -> dict[str, Any]:
+    from dvc.utils.serialize import PARSERS
+
+    try:
+        loaded = PARSERS[os.path.splitext(path)[1].lower()](text.decode("utf-8"), path)
+    except Exception:  # noqa: BLE001 - a file DVC cannot parse has no known keys
+        return {}
+    return dict(loaded) if isinstance(loaded, dict) else {}
 
 
 MISSING = object()

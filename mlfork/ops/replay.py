@@ -34,9 +34,10 @@ from ..errors import (
 )
 from ..models import Checkpoint, RunResult
 from . import lineage, manifest, track
+from .common import Event, Progress, check_new_name, now_iso, quiet
 from .divergence import Comparison, compare, iteration_span, str_or_none
 from .project import Project, record_text
-from .run import Event, Progress, _quiet, advance, check_new_name, now_iso
+from .run import advance
 
 # Run-record tags (mirrored to MLflow as tags of the same name) naming what a run replays.
 TAG_REPLAY_OF = "mlfork.replay_of"
@@ -320,8 +321,8 @@ def _config_changes(
     """The keys whose value differs between the manifest's config and the config the replay
     composes for the same iteration (conf/ at the starting point + the run's overrides)."""
     try:
-        composed = project.compose(start, list(rec.overrides), rec.base_commit, iteration,
-                                   rec.iterations)
+        composed = project.compose(start, list(rec.overrides), iteration,
+                                   rec.iterations).config
     except MlforkError as exc:
         warnings.append(f"the replay's config cannot be composed here: {exc}")
         return []
@@ -346,11 +347,11 @@ def check_datasets(
     - other files: git's blob at the starting point if git tracks the file there, else the
       file in the workspace, SHA-256 streamed (a size change is a mismatch without a read).
     """
-    from ..adapters.dvc import DvcProject
+    from ..adapters.dvc import lock_outputs
 
     git = project.git
-    start_lock = DvcProject.lock_outputs(git.read(start, "dvc.lock"))
-    run_lock = DvcProject.lock_outputs(git.read(run_commit, "dvc.lock"))
+    start_lock = lock_outputs(git.read(start, "dvc.lock"))
+    run_lock = lock_outputs(git.read(run_commit, "dvc.lock"))
     checks: list[DatasetCheck] = []
     for path, entry in sorted(entries.items()):
         if entry.get("source") == "dvc":
@@ -449,7 +450,7 @@ def launch(
     iteration: int | None = None,
     force: bool = False,
     name: str | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     echo: bool = False,
     argv: Sequence[str] = (),
 ) -> ReplayResult:
@@ -466,7 +467,9 @@ def launch(
     try:
         p = _plan(project, run, iteration, name)
         check_new_name(project, p.name)
-        project.git.require_clean()
+        from . import workspace
+
+        workspace.check(project, project.pipeline(), run=lineage.current_run(project))
         bad = p.problems
         if bad and not force:
             raise DatasetMismatch(
@@ -506,15 +509,15 @@ def launch(
             raise NotFound(f"'{p.fork_from['run']}' moved while forking: replay '{p.name}' again")
         more = p.iteration + 1 - p.first_iteration if p.iteration + 1 < p.budget else None
         result = resume(
-            path=path, run=p.name, iterations=more, run_cache=False, pythonhashseed=seed,
-            progress=say, echo=echo, argv=argv,
+            path=path, run=p.name, iterations=more, run_cache=False, force=True,
+            pythonhashseed=seed, progress=say, echo=echo, argv=argv,
         )
     project = Project.open(path)
     try:
         replay_tip = lineage.tip(project, p.name)
         comparison = compare(
             project, p.commit, replay_tip, range(p.first_iteration, p.iteration + 1),
-            original=p.original, replay=p.name,
+            original=p.original, replay=p.name, recomputed=result.recomputed,
         )
     finally:
         project.close()
@@ -532,44 +535,53 @@ def _start_at(
 ) -> RunResult:
     """`mlfork run` at the original's base commit rather than HEAD: the branch is created
     there with its run record committed straight into the object database, then checked
-    out (with its DVC outputs); the user's branch is not touched."""
+    out (with its DVC outputs); the user's branch is not touched. A failure before the
+    first checkpoint puts everything back."""
     from ..models import RunRecord
+    from . import workspace
 
     project = Project.open(path)
-    git = project.git
-    sig = git.signature()
-    original = project.read_record(p.commit)
-    assert original is not None
-    previous = git.head_branch()
-    with project.lock(p.name, "replay") as lock:
-        record = RunRecord(
-            name=p.name, iterations=p.budget, overrides=list(p.overrides),
-            own_overrides=list(p.overrides), options={"timeout": None, "stage_timeout": None},
-            tags=tags, argv=list(argv), created=now_iso(), base_commit=p.start_commit,
-            stages=list(original.stages),
-        )
-        branch = naming.branch_name(p.name)
-        git.create_branch(branch, p.start_commit)
-        try:
-            body = f"replay of {p.original} up to iteration {p.iteration}\niterations: {p.budget}"
-            if p.overrides:
-                body += "\noverrides: " + " ".join(p.overrides)
-            git.commit_tree_files(
-                branch, p.start_commit, {naming.RUN_RECORD: record_text(record).encode()},
-                naming.format_record_message(p.name, "start run", body), signature=sig,
-            )
-            git.switch(branch)
-            project.dvc.checkout()
-        except BaseException:
-            if previous is not None and git.head_branch() != previous:
-                git.switch(previous)
-                project.dvc.checkout()
-            tip = git.resolve_branch(branch)
-            if tip is not None:
-                git.delete_branch(branch, tip)
-            project.close()
-            raise
-        return advance(
-            project, p.name, lock=lock, target=p.iteration + 1, progress=progress, echo=echo,
-            run_cache=False, signature=sig, argv=argv, pythonhashseed=pythonhashseed,
-        )
+    try:
+        git = project.git
+        sig = git.signature()
+        original = project.read_record(p.commit)
+        if original is None:
+            raise MalformedFile(naming.RUN_RECORD, f"none at {p.commit[:10]}")
+        with project.lock(p.name, "replay") as lock:
+            workspace.settle(project, lock, run=lineage.current_run(project))
+            guard = workspace.Guard(project)
+            try:
+                record = RunRecord(
+                    name=p.name, iterations=p.budget, overrides=list(p.overrides),
+                    own_overrides=list(p.overrides),
+                    options={"timeout": None, "stage_timeout": None}, tags=tags,
+                    argv=list(argv), created=now_iso(), base_commit=p.start_commit,
+                    base_branch=original.base_branch, stages=list(original.stages),
+                )
+                branch = naming.branch_name(p.name)
+                git.create_branch(branch, p.start_commit)
+                guard.created_branch(branch)
+                body = (f"replay of {p.original} up to iteration {p.iteration}\n"
+                        f"iterations: {p.budget}")
+                if p.overrides:
+                    body += "\noverrides: " + " ".join(p.overrides)
+                git.commit_tree_files(
+                    branch, p.start_commit, {naming.RUN_RECORD: record_text(record).encode()},
+                    naming.format_record_message(p.name, "start run", body), signature=sig,
+                )
+                workspace.switch(project, guard, lock, branch)
+                lock.idle()
+                result = advance(
+                    project, p.name, lock=lock, guard=guard, target=p.iteration + 1,
+                    progress=progress, echo=echo, run_cache=False, force=True, signature=sig,
+                    argv=argv, pythonhashseed=pythonhashseed,
+                )
+            except BaseException:
+                if guard.active:
+                    guard.rollback()
+                    lock.idle()
+                raise
+            guard.release()
+            return result
+    finally:
+        project.close()

@@ -114,8 +114,10 @@ def config_section(d: DiffResult, h: str) -> list[str]:
 
 def metrics_section(d: DiffResult, h: str, title: str = "Metrics") -> list[str]:
     out = [f"{h} {title}", ""]
+    if not d.metrics_logged:
+        return [*out, compare.NO_METRICS[0].upper() + compare.NO_METRICS[1:] + ".", ""]
     if not d.metrics:
-        return [*out, "No metric was logged.", ""]
+        return [*out, "No metric point was logged yet.", ""]
     fp = d.fork_point
     at = fp.metrics_iteration if fp is not None else None
     headers = [
@@ -345,8 +347,10 @@ def _markdown(
             "Stitched curves (inherited points faint); dashed lines mark the fork points.",
             "",
         ]
+    elif not d.metrics_logged:
+        lines += ["The project logs no metrics: nothing to plot.", ""]
     else:
-        lines += ["No metric was logged: nothing to plot.", ""]
+        lines += ["No metric point was logged yet: nothing to plot.", ""]
     lines += locked_section(d, h)
     lines += [f"{h} Reproduce", "", "```sh", *reproduce(project, fork), "```", ""]
     source = "the tracking store" if df.attrs.get("source") == "tracking" else "git"

@@ -1,77 +1,103 @@
 """`mlfork run` and `mlfork resume`: the iteration engine.
 
 Order of writes per stage: the stage runs (DVC writes outputs and dvc.lock), then one git
-commit publishes it; the MLflow write comes last and is idempotent. A crash anywhere leaves
-either a committed stage or leftovers that the next `resume` restores before running it again.
+commit publishes it with everything the stage changed that git tracks; the MLflow write
+comes last and is idempotent. A command that fails before its first checkpoint puts the
+repository and the workspace back as they were (`workspace.Guard`); one that fails later
+keeps its checkpoints, and the next command puts the failed stage's leftovers back.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .. import naming
 from ..errors import (
     ConfigError,
-    DirtyWorkingTree,
     Interrupted,
-    InvalidRunName,
     ProjectError,
-    RunNameTaken,
     RunTimeout,
     StageFailed,
     UsageError,
 )
-from ..models import RunRecord, RunResult
-from . import lineage, track
+from ..models import Commit, Pipeline, Policy, RunRecord, RunResult
+from . import lineage, params, track, workspace
+from .common import (
+    Event,
+    Progress,
+    check_new_name,
+    check_positive,
+    dedupe,
+    int_or,
+    next_free_name,
+    now_iso,
+    quiet,
+    record_body,
+    runtime_options,
+)
 from .project import Project, ProjectLock
 
-EventKind = Literal["iteration", "stage_start", "stage_end", "iteration_end", "warning", "note"]
+
+def refuse_on_a_run(project: Project) -> None:
+    """`mlfork run` starts a run from the project's code, never from another run's
+    checkpoint: refuse where HEAD is a run's branch, or detached at a run's commit."""
+    git = project.git
+    branch = git.head_branch()
+    run = naming.run_from_ref(branch) if branch else None
+    head = git.head_commit()
+    where = None
+    if run is not None and run in lineage.run_names(project):
+        where = f"HEAD is on run '{run}' (branch {branch})"
+    elif branch is None and head is not None:
+        t = git.commit(head).trailers
+        if t is not None:
+            run = t.run
+            where = f"HEAD is detached at a commit of run '{run}' ({head[:10]})"
+    if where is None or run is None:
+        return
+    base = _base_branch(project, run) or "main"
+    raise UsageError(
+        f"{where}: a new run starts from your project's code, not from a run's checkpoint;"
+        f" to go on from a checkpoint of '{run}' with other settings, fork it ('mlfork branch"
+        f" --from {run} ...'); to start a new run, switch back first ('git switch {base}')"
+    )
+
+
+def _base_branch(project: Project, run: str) -> str | None:
+    """The branch the root of `run`'s lineage started from, if it still exists."""
+    try:
+        rec = lineage.record(project, run)
+        seen = {run}
+        while rec.parent is not None and rec.parent.run not in seen:
+            seen.add(rec.parent.run)
+            parent = project.read_record(rec.parent.commit)
+            if parent is None:
+                break
+            rec = parent
+    except Exception:  # noqa: BLE001 - a hint only
+        return None
+    branch = rec.base_branch
+    return branch if branch and project.git.resolve_branch(branch) else None
 
 
 @dataclass
-class Event:
-    kind: EventKind
-    run: str
-    iteration: int | None = None
-    budget: int | None = None
-    stage: str | None = None
-    ran: bool | None = None
-    seconds: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    message: str = ""
+class Plan:
+    """What `start` validated before its first write."""
 
-
-Progress = Callable[[Event], None]
-
-
-def _quiet(_: Event) -> None:
-    pass
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def next_free_name(project: Project, stem: str = "run") -> str:
-    taken = set(lineage.run_names(project))
-    k = 1
-    while f"{stem}-{k}" in taken:
-        k += 1
-    return f"{stem}-{k}"
-
-
-def check_new_name(project: Project, name: str) -> None:
-    if not naming.is_valid_run_name(name):
-        raise InvalidRunName(name)
-    if project.git.resolve_branch(naming.branch_name(name)) is not None:
-        raise RunNameTaken(name)
+    overrides: list[str]
+    budget: int
+    config: dict[str, Any]
+    pipeline: Pipeline
+    policy: Policy
+    missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def start(
@@ -84,64 +110,109 @@ def start(
     tags: Sequence[str] = (),
     overrides: Sequence[str] = (),
     argv: Sequence[str] = (),
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     echo: bool = False,
 ) -> RunResult:
-    """Create `mlfork/<name>` at HEAD, switch to it, commit the run record, run iterations."""
+    """Create `mlfork/<name>` at HEAD, switch to it, commit the run record, run iterations.
+    Everything is checked before the first write; a failure before the first checkpoint
+    leaves the repository and the workspace as they were."""
     from ..adapters import hydra
 
     project = Project.open(path)
-    sig = project.git.signature()
-    name = name or next_free_name(project)
-    check_new_name(project, name)
-    head = project.git.head_commit()
-    if head is None:
-        raise ProjectError("the repository has no commit yet: commit the project first")
-    project.git.require_clean()
-    _check_positive("--iterations", iterations)
-    _check_positive("--timeout", timeout)
-    _check_positive("--stage-timeout", stage_timeout)
-    overrides = list(overrides)
-    hydra.parse_overrides(overrides)
-    previous_branch = project.git.head_branch()
-    # validate before the first write (taking the lock creates .mlfork/local/)
-    stages = project.dvc.stage_names()
-    if not stages:
-        raise ConfigError("dvc.yaml has no stages: add the pipeline's stages first")
-    config = project.compose(head, overrides, head, 0, iterations or 1)
+    try:
+        git = project.git
+        sig = git.signature()
+        name = next_free_name(project) if name is None else name
+        check_new_name(project, name)
+        head = git.head_commit()
+        if head is None:
+            raise ProjectError("the repository has no commit yet: commit the project first")
+        if iterations is not None and iterations < 1:
+            raise UsageError(f"--iterations must be 1 or more, got {iterations}")
+        check_positive("--timeout", timeout)
+        check_positive("--stage-timeout", stage_timeout)
+        overrides = list(overrides)
+        hydra.parse_overrides(overrides)
+        refuse_on_a_run(project)
+        plan = _plan_start(project, head, overrides, iterations)
+        workspace.check(project, plan.pipeline, run=None)
+        base_branch = git.head_branch()
 
-    with project.lock(name, "run") as lock:
-        budget = iterations or _int_or(config.get("iterations"), 1)
-        record = RunRecord(
-            name=name,
-            iterations=budget,
-            overrides=overrides,
-            own_overrides=overrides,
-            options=_options(config, timeout, stage_timeout),
-            tags=_dedupe(tags),
-            argv=list(argv),
-            created=now_iso(),
-            base_commit=head,
-            stages=stages,
+        for message in plan.warnings:
+            progress(Event("warning", name, message=message))
+        with project.lock(name, "run") as lock:
+            workspace.settle(project, lock, run=None, note=_noter(progress, name))
+            guard = workspace.Guard(project)
+            try:
+                policy = plan.policy
+                resume = _handoff(policy)
+                guard.save(
+                    workspace.output_paths(plan.pipeline)
+                    + sorted(workspace.owned_paths(plan.pipeline, resume))
+                    + list(project.compose(head, overrides, 0, plan.budget).files)
+                    + list(resume)
+                    + [_gitignore_of(p) for p in resume]
+                )
+                workspace.ensure_inputs(project, plan.missing, "a stage needs it",
+                                        _noter(progress, name))
+                record = RunRecord(
+                    name=name, iterations=plan.budget, overrides=overrides,
+                    own_overrides=overrides,
+                    options=runtime_options(plan.config, timeout, stage_timeout),
+                    tags=dedupe(tags), argv=list(argv), created=now_iso(), base_commit=head,
+                    base_branch=base_branch, stages=plan.pipeline.stage_names,
+                )
+                branch = naming.branch_name(name)
+                git.create_branch(branch, head)
+                guard.created_branch(branch)
+                git.set_head(branch)
+                project.write_record(record)
+                git.commit_paths(
+                    branch, [naming.RUN_RECORD],
+                    naming.format_record_message(name, "start run", record_body(record)),
+                    parent=head, signature=sig,
+                )
+                retry = shlex.join(argv) if argv else f"mlfork run --name {name}"
+                result = advance(
+                    project, name, lock=lock, guard=guard, target=plan.budget,
+                    progress=progress, echo=echo, argv=argv, signature=sig, retry=retry,
+                )
+            except BaseException:
+                if guard.active:
+                    guard.rollback()
+                    lock.idle()
+                raise
+            guard.release()
+            return result
+    finally:
+        project.close()
+
+
+def _plan_start(
+    project: Project, head: str, overrides: list[str], iterations: int | None
+) -> Plan:
+    pipeline = project.pipeline()
+    if not pipeline.stages:
+        raise ConfigError("dvc.yaml has no stages: add the pipeline's stages first")
+    composed = project.compose(head, overrides, 0, iterations)
+    config = composed.config
+    budget = iterations if iterations is not None else int_or(config.get("iterations"), 1)
+    if budget < 1:
+        raise ConfigError(f"the config's 'iterations' is {budget}: give --iterations N (1 or"
+                          " more)")
+    policy = project.policy(head)
+    plan = Plan(overrides, budget, config, pipeline, policy)
+    plan.missing = workspace.missing_inputs(project, pipeline)
+    if plan.missing and project.dvc.default_remote() is None:
+        project.dvc.fetch(plan.missing, "a stage needs it")  # raises MissingData: the fix
+    for text in params.untracked_overrides(pipeline, overrides):
+        plan.warnings.append(
+            f"no stage depends on the key of '{text}': DVC will rerun nothing for it"
+            " (dvc.yaml's params: name the keys each stage reads)"
         )
-        branch = naming.branch_name(name)
-        project.git.create_branch(branch, head)
-        try:
-            project.git.set_head(branch)
-            project.write_record(record)
-            project.git.commit_paths(
-                branch,
-                [naming.RUN_RECORD],
-                naming.format_record_message(name, "start run", _record_body(record)),
-                parent=head,
-                signature=sig,
-            )
-        except BaseException:
-            _undo_start(project, branch, head, previous_branch)
-            raise
-        return advance(
-            project, name, lock=lock, target=budget, progress=progress, echo=echo, argv=argv
-        )
+    if budget > 1 and not params.iterates(pipeline, policy, config):
+        plan.warnings.append(params.NOT_ITERATING)
+    return plan
 
 
 def resume(
@@ -151,43 +222,87 @@ def resume(
     iterations: int | None = None,
     timeout: float | None = None,
     stage_timeout: float | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     echo: bool = False,
     run_cache: bool = True,
+    force: bool = False,
     argv: Sequence[str] = (),
     pythonhashseed: str | None = None,
 ) -> RunResult:
-    """Continue a run up to its budget (or `iterations` more), from its first uncommitted stage."""
+    """Continue a run up to its budget (or `iterations` more), from its first uncommitted
+    stage. `force` runs every stage even when DVC finds it up to date (replay, verify)."""
     project = Project.open(path)
-    sig = project.git.signature()
-    name = lineage.resolve_run(project, run)
-    _check_positive("--iterations", iterations)
-    _check_positive("--timeout", timeout)
-    _check_positive("--stage-timeout", stage_timeout)
-    with project.lock(name, "resume") as lock:
-        _switch_to(project, name)
-        rev = lineage.tip(project, name)
-        rec = lineage.record(project, name, rev)
-        done = lineage.position(project, rev).done(rec.stages)
-        target = rec.iterations if iterations is None else done + iterations
-        from . import manifest  # the environment differs from the run's last manifest's: warn
+    try:
+        sig = project.git.signature()
+        name = lineage.resolve_run(project, run)
+        if iterations is not None and iterations < 1:
+            raise UsageError(f"--iterations must be 1 or more, got {iterations}")
+        check_positive("--timeout", timeout)
+        check_positive("--stage-timeout", stage_timeout)
+        rec = lineage.record(project, name)
+        extra = _handoff(project.policy(lineage.tip(project, name)))
+        current = lineage.current_run(project)
+        workspace.check(project, project.pipeline(), run=current, extra=extra)
+        with project.lock(name, "resume") as lock:
+            workspace.settle(project, lock, run=current, extra=extra,
+                             note=_noter(progress, name))
+            guard = workspace.Guard(project)
+            try:
+                if current != name:
+                    workspace.switch(project, guard, lock, naming.branch_name(name),
+                                     note=_noter(progress, name))
+                    lock.idle()
+                rev = lineage.tip(project, name)
+                rec = lineage.record(project, name, rev)
+                done = lineage.position(project, rev).done(rec.stages)
+                target = rec.iterations if iterations is None else done + iterations
+                from . import manifest  # the environment differs from the last manifest's
 
-        for message in manifest.drift_warnings(project.git.read(rev, naming.REPLAY_MANIFEST)):
-            progress(Event("warning", name, message=message))
-        return advance(
-            project,
-            name,
-            lock=lock,
-            target=target,
-            progress=progress,
-            echo=echo,
-            timeout=timeout,
-            stage_timeout=stage_timeout,
-            run_cache=run_cache,
-            signature=sig,
-            argv=argv,
-            pythonhashseed=pythonhashseed,
-        )
+                for message in manifest.drift_warnings(project.git.read(rev,
+                                                                        naming.REPLAY_MANIFEST)):
+                    progress(Event("warning", name, message=message))
+                result = advance(
+                    project, name, lock=lock, guard=guard, target=target, progress=progress,
+                    echo=echo, timeout=timeout, stage_timeout=stage_timeout,
+                    run_cache=run_cache, force=force, signature=sig, argv=argv,
+                    pythonhashseed=pythonhashseed,
+                )
+            except BaseException:
+                if guard.active:
+                    guard.rollback()
+                    lock.idle()
+                raise
+            guard.release()
+            return result
+    finally:
+        project.close()
+
+
+def _handoff(policy: Policy) -> tuple[str, ...]:
+    """The files of the checkpoint hand-off mlfork manages (the resume input, its .dvc)."""
+    if policy.checkpoint_output and policy.checkpoint_resume:
+        return (policy.checkpoint_resume, policy.checkpoint_resume + ".dvc")
+    return ()
+
+
+def _gitignore_of(path: str) -> str:
+    folder = path.rsplit("/", 1)[0] if "/" in path else ""
+    return f"{folder}/.gitignore" if folder else ".gitignore"
+
+
+def _noter(progress: Progress, name: str) -> Any:
+    return lambda message: progress(Event("note", name, message=message))
+
+
+@dataclass
+class _Iteration:
+    """The state `advance` carries from stage to stage."""
+
+    rev: str
+    it: int
+    files: dict[str, bytes] = field(default_factory=dict)
+    user_commits: list[Commit] = field(default_factory=list)
+    status: Any = None  # the workspace's git status after the last commit
 
 
 def advance(
@@ -195,45 +310,52 @@ def advance(
     name: str,
     *,
     lock: ProjectLock,
+    guard: workspace.Guard | None = None,
     target: int,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     echo: bool = False,
     timeout: float | None = None,
     stage_timeout: float | None = None,
     run_cache: bool = True,
+    force: bool = False,
     signature: Any = None,
     argv: Sequence[str] = (),
     pythonhashseed: str | None = None,
+    retry: str | None = None,
 ) -> RunResult:
     """Run stages of `name` (checked out) until `target` iterations are complete.
     `pythonhashseed` (a replay re-applying a manifest's seed bundle) overrides the
-    PYTHONHASHSEED derived from the config's seed."""
-    from ..adapters import hydra
-    from ..adapters.dvc import DvcProject, StageCommandFailed
+    PYTHONHASHSEED derived from the config's seed. `guard` is released at the first
+    checkpoint; until then a failure's message says to run `retry` again, not resume."""
+    from ..adapters.stages import StageCommandFailed, run_stage
 
     git, dvc = project.git, project.dvc
-    branch = naming.branch_name(name)
     rev = lineage.tip(project, name)
     rec = lineage.record(project, name, rev)
     policy = project.policy(rev)
-    stages = dvc.stage_names()
+    dvc.reset()
+    pipeline = project.pipeline()
+    stages = pipeline.stage_names
     if stages != rec.stages:
         raise ConfigError(
             f"dvc.yaml's stages {stages} differ from the run's {rec.stages}:"
-            " start a new run for a changed pipeline"
+            " start a new run (or fork) for a changed pipeline"
         )
-    timeout = timeout if timeout is not None else rec.options.get("timeout")
-    stage_timeout = stage_timeout if stage_timeout is not None else rec.options.get(
-        "stage_timeout"
-    )
-    resume_input = policy.checkpoint_resume if policy.checkpoint_output else None
-    managed = set(dvc.managed_paths((resume_input,) if resume_input else ()))
-    managed |= {naming.PARAMS_FILE, naming.RUN_RECORD, naming.REPLAY_MANIFEST}
-    _restore_leftovers(project, managed)
-
+    if stage_timeout is not None:  # `resume --stage-timeout S` replaces the stored value
+        rec.options["stage_timeout"] = stage_timeout
+    if timeout is not None:
+        rec.options["timeout"] = timeout
+    timeout = rec.options.get("timeout")
+    stage_timeout = rec.options.get("stage_timeout")
+    handoff = _handoff(policy)
+    resume_input = handoff[0] if handoff else None
     if target > rec.iterations:  # `resume --iterations K` past the budget raises the budget
         rec.iterations = target
-        project.write_record(rec)
+    if project.read_record(rev) != rec:
+        project.write_record(rec)  # committed with the next checkpoint
+    if guard is not None:
+        guard.save([naming.RUN_RECORD, naming.REPLAY_MANIFEST, *handoff,
+                    *[_gitignore_of(p) for p in handoff]])
 
     mirror = track.Mirror(
         project,
@@ -246,8 +368,7 @@ def advance(
     pos = lineage.position(project, rev)
     it, si = pos.next(stages)
     result.done = pos.done(stages)
-    started = time.monotonic()
-    deadline = started + float(timeout) if timeout else None
+    deadline = time.monotonic() + float(timeout) if timeout else None
     env = _stage_env(name)
     params_sent = False
     # everything git has so far: a killed process may have lost writes it had queued
@@ -255,75 +376,70 @@ def advance(
     first.params = {}  # the tip's params.yaml may predate this run's config: sent below
     first.status, first.end_time = ("RUNNING" if it < target else None), None
     mirror.send(first)
+    state = _Iteration(rev=rev, it=it, status=git.status())
+
+    def fail(exc: StageCommandFailed) -> None:
+        hint = retry if guard is not None and guard.active else None
+        _fail(project, mirror, experiment, rec, exc, it, deadline, hint)
 
     try:
         while it < target:
+            state.it = it
             if si == 0:
                 progress(Event("iteration", name, iteration=it, budget=target))
-                config = project.compose(rev, rec.overrides, rec.base_commit, it, rec.iterations)
-                (project.root / naming.PARAMS_FILE).write_text(
-                    hydra.to_yaml(config), encoding="utf-8"
-                )
-                env["PYTHONHASHSEED"] = pythonhashseed or str(_int_or(config.get("seed"), 0))
-                if resume_input and policy.checkpoint_output:
-                    source = None
-                    if it > 0:
-                        outs = DvcProject.lock_outputs(git.read(rev, "dvc.lock"))
-                        source = outs.get(policy.checkpoint_output)
-                        if source is None:
-                            raise ConfigError(
-                                f"dvc.lock has no output '{policy.checkpoint_output}' at the end"
-                                f" of iteration {it - 1}: check the policy's checkpoint.output"
-                            )
-                    dvc.set_resume(resume_input, source)
+                _prologue(project, lock, rec, policy, state, env, pythonhashseed, resume_input,
+                          progress)
             for stage in stages[si:]:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     project.write_state(name, "timeout")
                     _send_status(mirror, experiment, rec, "KILLED")
-                    raise RunTimeout(name, "run", float(timeout or 0))
-                stage_deadline = now + float(stage_timeout) if stage_timeout else None
-                limits = [d for d in (deadline, stage_deadline) if d is not None]
+                    raise RunTimeout(name, "run", float(timeout or 0), "--timeout",
+                                     retry if guard is not None and guard.active else None)
+                limits = [d for d in (deadline, now + float(stage_timeout)
+                                      if stage_timeout else None) if d is not None]
                 progress(Event("stage_start", name, iteration=it, budget=target, stage=stage))
+                lock.work(run=name, iteration=it, stage=stage)
                 try:
-                    outcome = dvc.run_stage(
-                        stage,
-                        log_path=project.local("logs", name, f"{it:05d}-{stage}.log"),
-                        env=env,
-                        deadline=min(limits) if stage_timeout or deadline else None,
-                        run_cache=run_cache,
-                        on_children=lock.update,
-                        echo=echo,
+                    outcome = run_stage(
+                        dvc, stage,
+                        log_path=project.local("logs", name, f"{it:05d}-{_safe(stage)}.log"),
+                        env=env, deadline=min(limits) if limits else None,
+                        run_cache=run_cache, force=force, on_children=lock.update, echo=echo,
                     )
                 except StageCommandFailed as exc:
-                    _fail(project, mirror, experiment, name, exc, it, timeout, stage_timeout,
-                          deadline)
+                    fail(exc)
                 if stage == stages[-1]:
-                    _write_manifest(project, rec, policy, it, env, argv, rev, mirror.uri,
+                    _write_manifest(project, rec, policy, it, env, argv, state, mirror.uri,
                                     resume_input)
                 body = f"stage {stage} " + (
                     f"ran in {outcome.seconds:.2f}s" if outcome.ran else "was up to date"
                 )
-                rev = git.commit_paths(
-                    branch,
-                    sorted(managed),
-                    naming.format_checkpoint_message(name, it, stage, body),
-                    parent=rev,
-                    signature=signature,
-                )
-                lock.update([])
+                if state.user_commits:
+                    body += "\n\nincludes commits made since the last checkpoint:\n" + "\n".join(
+                        f"  {c.id[:10]} {c.message.splitlines()[0] if c.message else ''}"
+                        for c in state.user_commits
+                    )
+                    state.user_commits = []
+                state.rev = _commit_stage(project, name, rec, pipeline, state, it, stage, body,
+                                          resume_input, signature, progress)
+                if guard is not None:
+                    guard.release()
+                lock.idle()
                 result.ran.append((it, stage))
+                if outcome.ran:
+                    result.recomputed.append((it, stage))
                 progress(
                     Event("stage_end", name, iteration=it, budget=target, stage=stage,
                           ran=outcome.ran, seconds=outcome.seconds)
                 )
-            metrics = lineage.MetricsReader(project).at(rev)
+            metrics = project.metrics.at(state.rev)
             finished = it + 1 >= rec.iterations
-            stamp = git.commit(rev).time * 1000
+            stamp = git.commit(state.rev).time * 1000
             mirror.send(track.RunWrite(
                 run=name, experiment=experiment, start_time=track.iso_to_ms(rec.created),
-                tags={naming.TAG_GIT_COMMIT: rev, "mlfork.budget": str(rec.iterations)},
-                params={} if params_sent else track.run_params(project, rev),
+                tags={naming.TAG_GIT_COMMIT: state.rev, "mlfork.budget": str(rec.iterations)},
+                params={} if params_sent else track.run_params(project, state.rev),
                 metrics=[[k, v, stamp, it] for k, v in sorted(metrics.items())],
                 status="FINISHED" if finished else None,
                 end_time=stamp if finished else None,
@@ -335,53 +451,164 @@ def advance(
     except KeyboardInterrupt:
         project.write_state(name, "interrupted")
         _send_status(mirror, experiment, rec, "KILLED")
-        raise Interrupted(name) from None
+        raise Interrupted(
+            name, retry if guard is not None and guard.active else None
+        ) from None
     finally:
         mirror.close()
         result.warnings.extend(mirror.warnings)
-        project.close()
 
     result.budget = rec.iterations
     result.status = "completed" if result.done >= rec.iterations else "stopped"
     project.write_state(name, result.status)
-    result.tip = rev
-    result.headline, result.headline_value = lineage.headline_at(project, rev)
+    result.tip = state.rev
+    result.headline, result.headline_value = lineage.headline_at(project, state.rev)
+    result.suggestion = params.suggest(pipeline, project.params_at(state.rev))
     return result
+
+
+def _safe(stage: str) -> str:
+    """A stage's addressing as a file name (`sub/dvc.yaml:train@a` has / and :)."""
+    return "".join(ch if ch.isalnum() or ch in "._@-" else "_" for ch in stage)
+
+
+def _prologue(
+    project: Project,
+    lock: ProjectLock,
+    rec: RunRecord,
+    policy: Policy,
+    state: _Iteration,
+    env: dict[str, str],
+    pythonhashseed: str | None,
+    resume_input: str | None,
+    progress: Progress,
+) -> None:
+    """Before the first stage of an iteration: the commits the user made since the last
+    checkpoint (they belong to this iteration), the composed config written into the
+    params files, and the checkpoint hand-off pointed at the previous iteration's output
+    (fetched from the DVC remote when the cache lacks it)."""
+    from ..adapters.dvc import lock_outputs
+
+    git, it = project.git, state.it
+    state.user_commits = lineage.commits_since_checkpoint(project, state.rev)
+    composed = project.compose(state.rev, rec.overrides, it, rec.iterations)
+    lock.work(run=rec.name, iteration=it, stage=None)
+    for rel, data in composed.files.items():
+        target = project.root / rel
+        if not target.exists() or target.read_bytes() != data:
+            target.write_bytes(data)
+    state.files = composed.files
+    env["PYTHONHASHSEED"] = pythonhashseed or str(int_or(composed.config.get("seed"), 0))
+    if resume_input and policy.checkpoint_output:
+        source = None
+        if it > 0:
+            source = lock_outputs(git.read(state.rev, "dvc.lock")).get(policy.checkpoint_output)
+            if source is None:
+                raise ConfigError(
+                    f"dvc.lock has no output '{policy.checkpoint_output}' at the end of"
+                    f" iteration {it - 1}: check the policy's checkpoint.output"
+                )
+            missing = project.dvc.missing_from_cache([policy.checkpoint_output])
+            if missing:
+                workspace.ensure_inputs(
+                    project, missing, f"the checkpoint of iteration {it - 1} (the hand-off)",
+                    _noter(progress, rec.name),
+                )
+        project.dvc.set_resume(resume_input, source)
+
+
+def _commit_stage(
+    project: Project,
+    name: str,
+    rec: RunRecord,
+    pipeline: Pipeline,
+    state: _Iteration,
+    it: int,
+    stage: str,
+    body: str,
+    resume_input: str | None,
+    signature: Any,
+    progress: Progress,
+) -> str:
+    """One checkpoint: everything the stage changed that git tracks, every file DVC
+    declares (a `cache: false` metrics file, the .gitignore DVC keeps, dvc.yaml rewritten
+    by dvclive), the params files, the run record and the manifest. An untracked file the
+    stage wrote outside all of that is named in a warning and not committed."""
+    git = project.git
+    after = git.status()
+    before = state.status
+    paths = set(after.changed) | set(state.files) | {naming.RUN_RECORD, naming.REPLAY_MANIFEST}
+    if resume_input:
+        paths |= {resume_input + ".dvc", _gitignore_of(resume_input)}
+    strays = project.strays()
+    new_strays = set()
+    for p in after.untracked:
+        if p.startswith(naming.LOCAL_DIR + "/") or p in strays or p in paths:
+            continue
+        if pipeline.owns(p) or p in state.files:
+            paths.add(p)
+        elif before is None or p not in before.untracked:
+            new_strays.add(p)
+    if new_strays:
+        shown = _group(sorted(new_strays))
+        progress(Event("warning", name, message=(
+            f"stage '{stage}' wrote {shown}, which neither git nor DVC tracks: not committed;"
+            " declare it in dvc.yaml (outs, metrics, plots) or add it to .gitignore"
+        )))
+        project.add_strays(new_strays)
+    rev = git.commit_paths(
+        naming.branch_name(name), sorted(paths),
+        naming.format_checkpoint_message(name, it, stage, body),
+        parent=state.rev, signature=signature,
+    )
+    state.status = git.status()
+    return rev
+
+
+def _group(paths: list[str]) -> str:
+    """`outputs/ (12 files)` rather than twelve paths."""
+    tops: dict[str, int] = {}
+    for p in paths:
+        top = p.split("/", 1)[0] + ("/" if "/" in p else "")
+        tops[top] = tops.get(top, 0) + 1
+    shown = [f"'{t}' ({n} files)" if t.endswith("/") and n > 1 else
+             f"'{next(p for p in paths if p.startswith(t))}'" for t, n in tops.items()]
+    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
 
 
 def _write_manifest(
     project: Project,
     rec: RunRecord,
-    policy: Any,
+    policy: Policy,
     iteration: int,
     env: dict[str, str],
     argv: Sequence[str],
-    code_commit: str,
+    state: _Iteration,
     uri: str,
     resume_input: str | None,
 ) -> None:
     """.mlfork/replay.json for this iteration, committed with its last stage."""
-    import yaml
-
     from ..adapters.tracking import redact_uri
     from . import manifest
 
     root = project.root
-    config = yaml.safe_load((root / naming.PARAMS_FILE).read_text(encoding="utf-8")) or {}
+    config = project.params_at_workspace()
     lock = root / "dvc.lock"
-    params, outs = manifest.dvc_yaml_shape((root / "dvc.yaml").read_bytes())
+    pipeline = project.pipeline()
     exclude = tuple(p for p in (resume_input, policy.checkpoint_output) if p)
     lock_text = lock.read_bytes() if lock.exists() else None
     data = manifest.datasets(
         root, config, policy.locked, lock_text,
-        manifest.data_sources(root, lock_text), params, outs, exclude=exclude,
+        manifest.sources_of(pipeline), manifest.stage_params(pipeline),
+        manifest.stage_outs(pipeline), exclude=exclude,
         cache=manifest.HashCache(project.local("hashes.json")),
     )
     embedded = uri.startswith("sqlite:///") and uri.endswith(naming.TRACKING_DB)
     doc = manifest.build(
         rec=rec, iteration=iteration, argv=list(argv or rec.argv), config=config,
-        pythonhashseed=env.get("PYTHONHASHSEED", ""), data=data, code_commit=code_commit,
+        pythonhashseed=env.get("PYTHONHASHSEED", ""), data=data, code_commit=state.rev,
         tracking="embedded" if embedded else redact_uri(uri), created=now_iso(),
+        user_commits=[c.id for c in lineage.commits_since_checkpoint(project, state.rev)],
     )
     path = root / naming.REPLAY_MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -392,27 +619,30 @@ def _fail(
     project: Project,
     mirror: track.Mirror,
     experiment: str,
-    name: str,
+    rec: RunRecord,
     exc: Any,
     iteration: int,
-    timeout: Any,
-    stage_timeout: Any,
     deadline: float | None,
+    retry: str | None,
 ) -> None:
-    rec = lineage.record(project, name)
+    name = rec.name
     if exc.timed_out:
         project.write_state(name, "timeout")
         _send_status(mirror, experiment, rec, "KILLED")
         run_level = deadline is not None and time.monotonic() >= deadline - 0.05
-        what, secs = ("run", timeout) if run_level else (f"stage '{exc.stage}'", stage_timeout)
-        raise RunTimeout(name, what, float(secs or 0)) from None
+        if run_level:
+            raise RunTimeout(name, "run", float(rec.options.get("timeout") or 0), "--timeout",
+                             retry) from None
+        raise RunTimeout(name, f"stage '{exc.stage}'",
+                         float(rec.options.get("stage_timeout") or 0), "--stage-timeout",
+                         retry) from None
     if exc.returncode in (-2, 130):
         project.write_state(name, "interrupted")
         _send_status(mirror, experiment, rec, "KILLED")
-        raise Interrupted(name) from None
+        raise Interrupted(name, retry) from None
     project.write_state(name, "failed", f"stage {exc.stage} exited with {exc.returncode}")
     _send_status(mirror, experiment, rec, "FAILED")
-    raise StageFailed(name, iteration, exc.stage, exc.returncode, exc.tail) from None
+    raise StageFailed(name, iteration, exc.stage, exc.returncode, exc.tail, retry) from None
 
 
 def _send_status(mirror: track.Mirror, experiment: str, rec: RunRecord, status: str) -> None:
@@ -420,38 +650,6 @@ def _send_status(mirror: track.Mirror, experiment: str, rec: RunRecord, status: 
         run=rec.name, experiment=experiment, start_time=track.iso_to_ms(rec.created),
         status=status, end_time=int(time.time() * 1000),
     ))
-
-
-def _restore_leftovers(project: Project, managed: set[str]) -> None:
-    """Changes to pipeline-managed files are leftovers of an interrupted stage: put them back
-    as the last commit has them. Anything else is the user's: refuse to touch it."""
-    dirty = project.git.dirty_paths()
-    foreign = [p for p in dirty if p not in managed]
-    if foreign:
-        raise DirtyWorkingTree(foreign)
-    leftovers = [p for p in dirty if p in managed]
-    project.git.restore(leftovers)
-    project.dvc.checkout()
-
-
-def _switch_to(project: Project, name: str) -> None:
-    """Check out the run's branch (and its DVC outputs) if another one is checked out."""
-    if lineage.current_run(project) == name:
-        return
-    project.git.require_clean()
-    project.git.switch(naming.branch_name(name))
-    project.dvc.checkout()
-
-
-def _undo_start(project: Project, branch: str, head: str, previous: str | None) -> None:
-    record = project.root / naming.RUN_RECORD
-    if record.exists() and not project.git.has_path(head, naming.RUN_RECORD):
-        record.unlink()
-    elif record.exists():
-        project.git.restore([naming.RUN_RECORD])
-    if previous:
-        project.git.set_head(previous)
-    project.git.delete_branch(branch, head)
 
 
 def _stage_env(run: str) -> dict[str, str]:
@@ -463,36 +661,3 @@ def _stage_env(run: str) -> dict[str, str]:
         "PATH": bindir + (os.pathsep + path if path else ""),
         "MLFORK_RUN": run,
     }
-
-
-def _options(config: dict[str, Any], timeout: float | None, stage_timeout: float | None) -> dict:
-    return {
-        "timeout": timeout if timeout is not None else config.get("timeout"),
-        "stage_timeout": stage_timeout if stage_timeout is not None else config.get(
-            "stage_timeout"
-        ),
-    }
-
-
-def _record_body(record: RunRecord) -> str:
-    lines = [f"iterations: {record.iterations}"]
-    if record.own_overrides:
-        lines.append("overrides: " + " ".join(record.own_overrides))
-    return "\n".join(lines)
-
-
-def _check_positive(flag: str, value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise UsageError(f"{flag} must be positive, got {value:g}")
-
-
-def _int_or(value: Any, default: int) -> int:
-    try:
-        return int(value) if value is not None else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _dedupe(items: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-

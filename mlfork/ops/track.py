@@ -277,6 +277,11 @@ def park(project: Project, write: RunWrite) -> None:
     path.write_text(json.dumps(write.to_dict(), sort_keys=True), encoding="utf-8")
 
 
+def outbox_run(path: Any) -> str:
+    """The run an outbox file is for (`<20-digit time>-<run>.json`)."""
+    return str(path.stem)[21:]
+
+
 def pending(project: Project) -> list[Any]:
     folder = project.root / naming.OUTBOX_DIR
     return sorted(folder.glob("*.json")) if folder.is_dir() else []

@@ -5,18 +5,17 @@ the run's own, put the workspace back and remove the scratch fork."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import naming
 from ..errors import MalformedFile, MlforkError, NotFound, UsageError
-from . import lineage, manifest, track
+from . import lineage, manifest
+from .common import Event, Progress, check_new_name, next_free_name, quiet
 from .divergence import Comparison, compare, iteration_span
 from .project import Project
 from .replay import Once
-from .run import Event, Progress, _quiet, check_new_name, next_free_name
 
 TAG_VERIFY_OF = "mlfork.verify_of"
 VERIFY_STEM = "{run}-verify"
@@ -58,7 +57,7 @@ def verify(
     from_iteration: int,
     iterations: int | None = None,
     keep: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     echo: bool = False,
     argv: Sequence[str] = (),
 ) -> VerifyResult:
@@ -105,7 +104,9 @@ def verify(
             raise UsageError(
                 "HEAD is detached: check out a branch first (verify switches back to it)"
             )
-        git.require_clean()
+        from . import workspace
+
+        workspace.check(project, project.pipeline(), run=lineage.current_run(project))
         scratch = next_free_name(project, VERIFY_STEM.format(run=src))
         check_new_name(project, scratch)
         seed = _pythonhashseed(project, ends[n + 1].commit)
@@ -122,13 +123,13 @@ def verify(
             tags=[f"{TAG_VERIFY_OF}={src}"], argv=argv, progress=say,
         )
         created = True
-        resume(path=path, run=scratch, run_cache=False, pythonhashseed=seed, progress=say,
-               echo=echo, argv=argv)
+        ran = resume(path=path, run=scratch, run_cache=False, force=True, pythonhashseed=seed,
+                     progress=say, echo=echo, argv=argv)
         project = Project.open(path)
         try:
             comparison = compare(
                 project, original_rev, lineage.tip(project, scratch), range(n + 1, n + k + 1),
-                original=src, replay=scratch,
+                original=src, replay=scratch, recomputed=ran.recomputed,
             )
         finally:
             project.close()
@@ -160,10 +161,11 @@ def _put_back(
     keep: bool,
     progress: Progress,
 ) -> list[str]:
-    """Switch back to `previous` (leftovers of a failed scratch stage restored first) with
+    """Switch back to `previous` (leftovers of a failed scratch stage put back first) with
     its DVC outputs, and remove the scratch run unless `keep`. Never raises: what cannot be
     done is returned (and reported) as a warning."""
-    from .run import _restore_leftovers
+    from . import workspace
+    from .rm import remove
 
     warnings: list[str] = []
 
@@ -173,59 +175,27 @@ def _put_back(
 
     project = Project.open(path)
     try:
-        with project.lock(scratch, "verify"):
+        with project.lock(scratch, "verify") as lock:
             git = project.git
             if git.head_branch() != previous:
                 try:
-                    tip = git.head_commit()
-                    policy = project.policy(tip) if tip else None
-                    extra = (policy.checkpoint_resume,) if policy and policy.checkpoint_output \
-                        and policy.checkpoint_resume else ()
-                    managed = set(project.dvc.managed_paths(extra))
-                    managed |= {naming.PARAMS_FILE, naming.RUN_RECORD, naming.REPLAY_MANIFEST}
-                    _restore_leftovers(project, managed)
-                    git.switch(previous)
-                    project.dvc.checkout()
+                    workspace.settle(project, lock, run=None)
+                    guard = workspace.Guard(project)
+                    try:
+                        workspace.switch(project, guard, lock, previous)
+                    except BaseException:
+                        guard.rollback()
+                        raise
+                    guard.release()
+                    lock.idle()
                 except MlforkError as exc:
                     warn(f"could not switch back to '{previous}' ({exc}): the workspace is on"
                          f" 'mlfork/{scratch}', which is kept")
                     return warnings
             if created and not keep:
-                warnings += remove_run(project, scratch, warn)
+                remove(project, scratch, on_warning=warn)
     except MlforkError as exc:
         warn(f"the scratch run '{scratch}' could not be cleaned up: {exc}")
     finally:
         project.close()
     return warnings
-
-
-def remove_run(project: Project, name: str, warn: Any) -> list[str]:
-    """Delete a run made by mlfork itself (a scratch fork): its branch, its MLflow run,
-    its pending tracking writes and its local state and logs."""
-    from ..adapters.tracking import Tracker
-
-    git = project.git
-    tip = git.resolve_branch(naming.branch_name(name))
-    if tip is None:
-        return []
-    uri = track.tracking_uri(project, tip)
-    experiment = track.experiment_name(project, tip)
-    git.delete_branch(naming.branch_name(name), tip)
-    for pending in track.pending(project):
-        if pending.stem[21:] == name:  # <20-digit time>-<run>.json
-            pending.unlink()
-    state = project.root / naming.STATE_DIR / f"{name}.json"
-    if state.exists():
-        state.unlink()
-    logs = project.root / naming.LOGS_DIR / name
-    if logs.is_dir():
-        shutil.rmtree(logs, ignore_errors=True)
-    try:
-        tracker = Tracker(uri)
-        run_id = tracker.find_run(experiment, name)
-        if run_id is not None:
-            tracker.client.delete_run(run_id)
-    except Exception as exc:  # the tracking store is a side channel: warn, never fail
-        warn(f"the MLflow run of '{name}' could not be deleted ({exc}): delete it in the"
-             " MLflow UI, or run 'mlfork sync --rebuild'")
-    return []

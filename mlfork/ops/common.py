@@ -1,0 +1,93 @@
+"""What the operations that start, fork and continue runs share: progress events, names,
+option checks and the run record's first commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from .. import naming
+from ..errors import InvalidRunName, RunNameTaken, UsageError
+from ..models import RunRecord
+from . import lineage
+from .project import Project
+
+EventKind = Literal["iteration", "stage_start", "stage_end", "iteration_end", "warning", "note"]
+
+
+@dataclass
+class Event:
+    kind: EventKind
+    run: str
+    iteration: int | None = None
+    budget: int | None = None
+    stage: str | None = None
+    ran: bool | None = None
+    seconds: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+Progress = Callable[[Event], None]
+
+
+def quiet(_: Event) -> None:
+    """A Progress that shows nothing."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def next_free_name(project: Project, stem: str = "run") -> str:
+    taken = set(lineage.run_names(project)) | {
+        naming.run_from_ref(b) for b in project.git.branches(naming.BRANCH_PREFIX)
+    }
+    k = 1
+    while f"{stem}-{k}" in taken:
+        k += 1
+    return f"{stem}-{k}"
+
+
+def check_new_name(project: Project, name: str) -> None:
+    if not naming.is_valid_run_name(name):
+        raise InvalidRunName(name)
+    if project.git.resolve_branch(naming.branch_name(name)) is not None:
+        raise RunNameTaken(name)
+
+
+def check_positive(flag: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise UsageError(f"{flag} must be positive, got {value:g}")
+
+
+def runtime_options(
+    config: dict[str, Any], timeout: float | None, stage_timeout: float | None
+) -> dict[str, Any]:
+    """The options a run record keeps: given ones, else the config's."""
+    return {
+        "timeout": timeout if timeout is not None else config.get("timeout"),
+        "stage_timeout": stage_timeout if stage_timeout is not None else config.get(
+            "stage_timeout"
+        ),
+    }
+
+
+def dedupe(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def int_or(value: Any, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def record_body(record: RunRecord) -> str:
+    lines = [f"iterations: {record.iterations}"]
+    if record.own_overrides:
+        lines.append("overrides: " + " ".join(record.own_overrides))
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""`mlfork rm RUN`: remove a run: its branch, its local state (state, logs, pending tracking
+writes) and its MLflow run (marked deleted). Forks that depend on it keep its commits in
+their own history; the DVC cache is never touched (other runs share its objects)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import naming
+from ..errors import UnknownRun, UsageError
+from . import lineage, track
+from .project import Project
+
+
+@dataclass
+class RmResult:
+    run: str
+    branch: str
+    tip: str
+    forks: list[str] = field(default_factory=list)  # runs whose lineage goes through it
+    tracking: str = "deleted"  # "deleted", or "queued" (waits in the outbox for 'mlfork sync')
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def dependents(project: Project, name: str) -> list[str]:
+    """The runs whose lineage goes through `name` (its forks, theirs, ...)."""
+    out = []
+    for other in lineage.run_names(project):
+        if other == name:
+            continue
+        rec = lineage.record(project, other)
+        seen = {other}
+        while rec.parent is not None and rec.parent.run not in seen:
+            if rec.parent.run == name:
+                out.append(other)
+                break
+            seen.add(rec.parent.run)
+            parent = project.read_record(rec.parent.commit)
+            if parent is None:
+                break
+            rec = parent
+    return sorted(out)
+
+
+def rm(*, path: str | os.PathLike[str] = ".", run: str, force: bool = False) -> RmResult:
+    """Remove run `run` (its exact name or branch: never a prefix). Refused while it is
+    checked out, or while forks depend on it unless `force`."""
+    project = Project.open(path, require_dvc=False)
+    try:
+        name = naming.run_from_ref(run) or run
+        names = lineage.run_names(project)
+        if name not in names:
+            raise UnknownRun(run, names)
+        if lineage.current_run(project) == name:
+            raise UsageError(
+                f"run '{name}' is checked out: switch to another branch first"
+                " ('git switch main'), then remove it"
+            )
+        forks = dependents(project, name)
+        if forks and not force:
+            raise UsageError(
+                f"{len(forks)} run(s) fork '{name}' ({', '.join(forks[:8])}): remove them"
+                " first, or pass --force (they keep its commits in their history)"
+            )
+        with project.lock(name, "rm"):
+            tip = lineage.tip(project, name)
+            result = RmResult(run=name, branch=naming.branch_name(name), tip=tip, forks=forks)
+            remove(project, name, on_warning=result.warnings.append, result=result)
+            return result
+    finally:
+        project.close()
+
+
+def remove(
+    project: Project,
+    name: str,
+    on_warning: Callable[[str], None],
+    result: RmResult | None = None,
+) -> None:
+    """Delete a run's branch, local state and MLflow run (the last through the outbox, so
+    an unreachable tracking store only delays it)."""
+    git = project.git
+    tip = git.resolve_branch(naming.branch_name(name))
+    if tip is None:
+        return
+    uri = track.tracking_uri(project, tip)
+    experiment = track.experiment_name(project, tip)
+    git.delete_branch(naming.branch_name(name), tip)
+    for pending in track.pending(project):
+        if track.outbox_run(pending) == name:
+            pending.unlink()
+    state = project.root / naming.STATE_DIR / f"{name}.json"
+    state.unlink(missing_ok=True)
+    logs = project.root / naming.LOGS_DIR / name
+    if logs.is_dir():
+        shutil.rmtree(logs, ignore_errors=True)
+    mirror = track.Mirror(project, uri, on_warning=on_warning)
+    delivered = mirror.send(track.RunWrite(run=name, experiment=experiment, start_time=0,
+                                           deleted=True))
+    if result is not None:
+        result.tracking = "deleted" if delivered else "queued"
