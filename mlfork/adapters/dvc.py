@@ -376,13 +376,19 @@ class DvcProject:
     def at(self, rev: str) -> Any:
         """A DVC repository reading the commit `rev` (from git's objects, not the workspace)."""
         if rev not in self._at:
+            from dvc.fs import GitFileSystem
             from dvc.repo import Repo
 
             if len(self._at) > 16:
                 for old in self._at.values():
                     old.close()
                 self._at.clear()
-            self._at[rev] = Repo(str(self.root), rev=rev)
+            scm = self.repo.scm
+            # the project's folder inside the commit's tree (a project in a subfolder of
+            # its repository reads its own folder, as `dvc metrics show -A` does)
+            folder = Path(os.path.relpath(self.root.resolve(), Path(scm.root_dir).resolve()))
+            root = "/" if str(folder) == "." else "/" + folder.as_posix()
+            self._at[rev] = Repo(root_dir=root, fs=GitFileSystem(scm=scm, rev=rev), scm=scm)
         return self._at[rev]
 
     def metric_files(self, rev: str) -> list[str]:

@@ -72,8 +72,13 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
                for m in d.metrics])
     click.echo("")
     bad = [c.key for c in d.locked if not c.same]
-    click.echo("comparable: yes (same locked keys: " + ", ".join(c.key for c in d.locked) + ")"
-               if d.comparable else f"comparable: NO (locked keys differ: {', '.join(bad)})")
+    if not d.locked:
+        click.echo("comparable: yes (the policy locks none of this project's keys)")
+    elif d.comparable:
+        click.echo("comparable: yes (same locked keys: "
+                   + ", ".join(c.key for c in d.locked) + ")")
+    else:
+        click.echo(f"comparable: NO (locked keys differ: {', '.join(bad)})")
 
 
 def _text(value: object) -> str:

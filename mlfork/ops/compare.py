@@ -667,13 +667,18 @@ def diff(
     locked_keys = list(
         dict.fromkeys([*project.policy(tip_a).locked, *project.policy(tip_b).locked])
     )
-    locked = [
-        LockedCheck(
-            k, dotted_get(cfg_a, k), dotted_get(cfg_b, k),
-            dotted_get(cfg_a, k, MISSING) == dotted_get(cfg_b, k, MISSING),
-        )
-        for k in locked_keys
-    ]
+    def value(tip: str, cfg: dict[str, Any], key: str) -> Any:
+        file, dotted = naming.split_params_file(key)
+        data = cfg if file is None else project.params_file_at(tip, file)
+        return dotted_get(data, dotted, MISSING)
+
+    locked = []
+    for k in locked_keys:  # the policy's keys this project has (in either run)
+        va, vb = value(tip_a, cfg_a, k), value(tip_b, cfg_b, k)
+        if va is MISSING and vb is MISSING:
+            continue
+        locked.append(LockedCheck(k, None if va is MISSING else va,
+                                  None if vb is MISSING else vb, va == vb))
 
     cp = common_checkpoint(project, tip_a, tip_b)
     fork_point = None

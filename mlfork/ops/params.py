@@ -93,3 +93,41 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = v
     return out
+
+
+RUN_CACHE_BLIND = ("size", "nfiles")
+
+
+def side_effect_files(pipeline: Pipeline) -> list[str]:
+    """Top-level metrics and plots that are no stage's output: a stage writes them as a
+    side effect (dvclive does), so DVC's run cache, which restores only outputs, cannot
+    bring them back; mlfork then runs stages without it."""
+    outs = [o.path for o in pipeline.outs()]
+    return [p for p in (*pipeline.top_metrics, *pipeline.top_plots)
+            if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in outs)]
+
+
+def run_cache_blind(pipeline: Pipeline, data: dict[str, dict[str, Any]]) -> set[str]:
+    """Stages DVC's run cache cannot tell apart by their params: its key leaves out every
+    mapping key named `size` or `nfiles` (they are file metadata to it), params included,
+    so a stage that reads `size: 5` would be "restored" from a run with `size: 3`. mlfork
+    runs these stages without the run cache. `data`: params file -> its parsed values."""
+    from .project import dotted_get
+
+    def blind(key: str, value: Any) -> bool:
+        if key.split(".")[-1] in RUN_CACHE_BLIND:
+            return True
+        if isinstance(value, dict):
+            return any(blind(str(k), v) for k, v in value.items())
+        return False
+
+    out = set()
+    for stage in pipeline.stages:
+        for file, keys in stage.params:
+            values = data.get(file, {})
+            if not keys:
+                if any(blind(str(k), v) for k, v in values.items()):
+                    out.add(stage.name)
+            elif any(blind(k, dotted_get(values, k)) for k in keys):
+                out.add(stage.name)
+    return out

@@ -131,6 +131,11 @@ class Project:
             return {}
         return loaded if isinstance(loaded, dict) else {}
 
+    def params_file_at(self, rev: str, path: str) -> dict[str, Any]:
+        """A params file (any format DVC reads) at `rev`, parsed ({} if absent)."""
+        raw = self.git.read(rev, path)
+        return _parse_params(path, raw) if raw is not None else {}
+
     def params_at_workspace(self) -> dict[str, Any]:
         """params.yaml as it is in the workspace ({} if missing or unreadable)."""
         try:

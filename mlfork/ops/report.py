@@ -142,6 +142,9 @@ def metrics_section(d: DiffResult, h: str, title: str = "Metrics") -> list[str]:
 
 def locked_section(d: DiffResult, h: str) -> list[str]:
     out = [f"{h} Locked keys", ""]
+    if not d.locked:
+        return [*out, "No locked keys: the policy locks none of this project's keys"
+                      " (`mlfork.locked`).", ""]
     if d.comparable:
         out.append(f"✅ Comparable: `{d.a}` and `{d.b}` have the same locked keys.")
     else:

@@ -96,7 +96,8 @@ class Plan:
     config: dict[str, Any]
     pipeline: Pipeline
     policy: Policy
-    missing: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # inputs to link (or fetch and link)
+    missing: list[str] = field(default_factory=list)  # those of them to fetch first
     warnings: list[str] = field(default_factory=list)
 
 
@@ -155,6 +156,7 @@ def start(
                 )
                 workspace.ensure_inputs(project, plan.missing, "a stage needs it",
                                         _noter(progress, name))
+                project.dvc.checkout(plan.absent)
                 record = RunRecord(
                     name=name, iterations=plan.budget, overrides=overrides,
                     own_overrides=overrides,
@@ -202,7 +204,8 @@ def _plan_start(
                           " more)")
     policy = project.policy(head)
     plan = Plan(overrides, budget, config, pipeline, policy)
-    plan.missing = workspace.missing_inputs(project, pipeline)
+    plan.absent = workspace.absent_inputs(project, pipeline)
+    plan.missing = project.dvc.missing_from_cache(plan.absent) if plan.absent else []
     if plan.missing and project.dvc.default_remote() is None:
         project.dvc.fetch(plan.missing, "a stage needs it")  # raises MissingData: the fix
     for text in params.untracked_overrides(pipeline, overrides):
@@ -301,7 +304,9 @@ class _Iteration:
     rev: str
     it: int
     files: dict[str, bytes] = field(default_factory=dict)
-    user_commits: list[Commit] = field(default_factory=list)
+    blind: set[str] = field(default_factory=set)  # stages DVC's run cache would mistake
+    user_commits: list[Commit] = field(default_factory=list)  # not yet noted in a commit
+    included: list[str] = field(default_factory=list)  # the user's commits of this iteration
     status: Any = None  # the workspace's git status after the last commit
 
 
@@ -405,7 +410,8 @@ def advance(
                         dvc, stage,
                         log_path=project.local("logs", name, f"{it:05d}-{_safe(stage)}.log"),
                         env=env, deadline=min(limits) if limits else None,
-                        run_cache=run_cache, force=force, on_children=lock.update, echo=echo,
+                        run_cache=run_cache and stage not in state.blind, force=force,
+                        on_children=lock.update, echo=echo,
                     )
                 except StageCommandFailed as exc:
                     fail(exc)
@@ -491,13 +497,21 @@ def _prologue(
 
     git, it = project.git, state.it
     state.user_commits = lineage.commits_since_checkpoint(project, state.rev)
+    state.included = [c.id for c in state.user_commits]
     composed = project.compose(state.rev, rec.overrides, it, rec.iterations)
     lock.work(run=rec.name, iteration=it, stage=None)
-    for rel, data in composed.files.items():
+    for rel, text in composed.files.items():
         target = project.root / rel
-        if not target.exists() or target.read_bytes() != data:
-            target.write_bytes(data)
+        if not target.exists() or target.read_bytes() != text:
+            target.write_bytes(text)
     state.files = composed.files
+    values = dict(composed.data)
+    for file in project.pipeline().params_files():
+        if file not in values:
+            values[file] = project.params_file_at(state.rev, file)
+    state.blind = params.run_cache_blind(project.pipeline(), values)
+    if params.side_effect_files(project.pipeline()):
+        state.blind |= set(project.pipeline().stage_names)
     env["PYTHONHASHSEED"] = pythonhashseed or str(int_or(composed.config.get("seed"), 0))
     if resume_input and policy.checkpoint_output:
         source = None
@@ -535,6 +549,7 @@ def _commit_stage(
     by dvclive), the params files, the run record and the manifest. An untracked file the
     stage wrote outside all of that is named in a warning and not committed."""
     git = project.git
+    pipeline = project.pipeline()  # as the stage left dvc.yaml (dvclive adds metrics to it)
     after = git.status()
     before = state.status
     paths = set(after.changed) | set(state.files) | {naming.RUN_RECORD, naming.REPLAY_MANIFEST}
@@ -608,7 +623,7 @@ def _write_manifest(
         rec=rec, iteration=iteration, argv=list(argv or rec.argv), config=config,
         pythonhashseed=env.get("PYTHONHASHSEED", ""), data=data, code_commit=state.rev,
         tracking="embedded" if embedded else redact_uri(uri), created=now_iso(),
-        user_commits=[c.id for c in lineage.commits_since_checkpoint(project, state.rev)],
+        user_commits=state.included,
     )
     path = root / naming.REPLAY_MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -164,11 +164,21 @@ def record_repro(
     )
     commit = git.commit_paths(branch, paths, subject + "\n\n" + body + "\n", parent=parent)
     if note is not None:
+        from . import lineage
+
+        rec = project.read_record(parent)
+        nxt = lineage.position(project, parent).done(rec.stages if rec else [])
         note(
-            f"recorded the results of a plain 'dvc repro' on '{naming.branch_name(run)}' as"
-            f" commit {commit[:10]} ({', '.join(paths)}); they belong to iteration"
-            " after the last checkpoint"
+            f"recorded the results of a plain 'dvc repro' on '{branch}' as commit"
+            f" {commit[:10]} ({', '.join(paths)}): they are part of the run, and belong to"
+            f" its iteration {nxt}"
         )
+        if naming.PARAMS_FILE in paths and project.has_conf(parent):
+            note(
+                "params.yaml is composed from conf/ for every iteration: an edit of it holds"
+                " for that commit only; to go on with other values, fork with them"
+                f" ('mlfork branch --from {run} KEY=VALUE')"
+            )
     return commit
 
 
@@ -373,7 +383,7 @@ def switch(
                 if not git.is_tracked(target, p)])
     outs = [o.path for o in new.outs() if o.cache]
     missing = project.dvc.missing_from_cache(outs)
-    needed = [p for p in missing if p in set(required) | set(missing_inputs(project, new))]
+    needed = [p for p in missing if p in set(required) | set(absent_inputs(project, new))]
     if missing and project.dvc.default_remote() is not None:
         ensure_inputs(project, missing, f"'{branch}' records it", note)
     elif needed:
@@ -390,16 +400,15 @@ def _copy_aside(project: Project, guard: Guard, rel: str) -> Path:
 # -- inputs --------------------------------------------------------------------------------------
 
 
-def missing_inputs(project: Project, pipeline: Pipeline) -> list[str]:
-    """The data sources (`.dvc`-tracked data) a stage depends on that are in neither the
-    workspace nor the cache: `dvc repro` would fail on them."""
+def absent_inputs(project: Project, pipeline: Pipeline) -> list[str]:
+    """The data sources (`.dvc`-tracked data) a stage depends on that are not in the
+    workspace: `dvc repro` would fail on them (`dvc checkout`, or `dvc pull`, brings them)."""
     used = {d for s in pipeline.stages for d in s.deps}
-    wanted = [
+    return [
         o.path for o in pipeline.sources
         if o.cache and any(_under(d, [o.path]) or _under(o.path, [d]) for d in used)
         and not (project.root / o.path).exists()
     ]
-    return project.dvc.missing_from_cache(wanted) if wanted else []
 
 
 def ensure_inputs(
