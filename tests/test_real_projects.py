@@ -6,16 +6,13 @@ empty cache)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import projects
 import pytest
 import yaml
-from conftest import cli, copy_project, dvc, git, ok, shared_build, snapshot
-
-import projects
+from conftest import cli, copy_project, dvc, git, ok, shared_build
 
 pytestmark = pytest.mark.slow
 
