@@ -206,6 +206,14 @@ def snapshot(root: Path) -> dict[str, object]:
     }
 
 
+def without_local(snap: dict[str, object]) -> dict[str, object]:
+    """A snapshot without mlfork's machine-local state (.mlfork/local/: logs, status): what
+    a failed command (not a refused one) may leave, as DVC leaves .dvc/tmp."""
+    files = {k: v for k, v in snap["files"].items()  # type: ignore[attr-defined]
+             if not k.startswith(".mlfork/local/")}
+    return {**snap, "files": files}
+
+
 def checkpoint_log(root: Path, rev: str) -> list[dict[str, str]]:
     """`git log --first-parent REV` read by the git CLI, oldest first: each commit's sha,
     tree, subject, body and trailers (`%(trailers)` parsed into a dict)."""

@@ -19,7 +19,16 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import checkpoint_log, cli, dvc, git, lock_info, snapshot, wait_for
+from conftest import (
+    checkpoint_log,
+    cli,
+    dvc,
+    git,
+    lock_info,
+    snapshot,
+    wait_for,
+    without_local,
+)
 
 import mlfork
 
@@ -252,12 +261,6 @@ def test_sigint_to_mlfork_alone_stops_the_stage_too(
     assert code == 130, (tmp_path / "run.err").read_text()
     assert not running, (tmp_path / "run.err").read_text()
     assert committed_pairs(root, "c") == [(0, "data_split")]
-
-
-def without_local(snap: dict) -> dict:
-    """A snapshot without mlfork's machine-local state (.mlfork/local/: logs, state)."""
-    files = {k: v for k, v in snap["files"].items() if not k.startswith(".mlfork/local/")}
-    return {**snap, "files": files}
 
 
 @pytest.mark.slow

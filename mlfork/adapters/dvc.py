@@ -35,13 +35,15 @@ def quiet_dvc(level: int | None = None) -> Iterator[None]:
     it as it found it)."""
     import logging
 
-    logger = logging.getLogger("dvc")
-    previous = logger.level
-    logger.setLevel(level or logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level or logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        for logger, old in zip(loggers, previous, strict=True):
+            logger.setLevel(old)
 
 
 def _yaml(text: bytes | str | None) -> Any:
@@ -272,15 +274,25 @@ class DvcProject:
                 f" remote is configured: add the project's remote ('dvc remote add -d NAME URL')"
                 f" or copy the data here, then run '{pull}'"
             )
+        import logging
+
         try:
-            with quiet_dvc():
-                return int(self.repo.fetch(targets=list(paths), remote=remote) or 0)
+            with quiet_dvc(logging.ERROR), _cwd(self.root):
+                count = int(self.repo.fetch(targets=list(paths), remote=remote) or 0)
         except (NoRemoteError, DvcException) as exc:
             raise MissingData(
                 f"{why}: {shown} is in neither the workspace nor the DVC cache, and fetching it"
                 f" from DVC remote '{remote}' failed ({_first_line(exc)}): check the remote,"
                 f" then run '{pull}'"
             ) from exc
+        still = self.missing_from_cache(paths)
+        if still:
+            raise MissingData(
+                f"{why}: {', '.join(still)} is in neither the workspace, the DVC cache nor DVC"
+                f" remote '{remote}': push it there from a machine that has it ('dvc push'),"
+                f" then run '{'dvc pull ' + ' '.join(still)}'"
+            )
+        return count
 
     def checkout(self, paths: Iterable[str]) -> list[str]:
         """Link these outputs from the cache as the workspace's DVC files record them. Only

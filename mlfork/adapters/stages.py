@@ -86,7 +86,9 @@ def run_stage(
         raise StageCommandFailed(name, code, "\n".join(tail), watchdog.fired) from exc
     finally:
         dvc.reset()
-    return StageOutcome(name, bool(result), time.monotonic() - start, log_path)
+    # DVC never runs a frozen stage's command, even when forced (it still "returns" it)
+    frozen = any(s.name == name and s.frozen for s in dvc.pipeline().stages)
+    return StageOutcome(name, bool(result) and not frozen, time.monotonic() - start, log_path)
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
