@@ -352,6 +352,32 @@ def test_every_exit_code_is_documented() -> None:
         assert cls.exit_code in documented, cls.__name__
 
 
+def readme_table(heading: str) -> list[list[str]]:
+    """The rows of the first Markdown table under `heading` in the README."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]
+
+
+def test_the_readme_exit_code_table_is_the_one_in_errors() -> None:
+    table = {int(row[0]) for row in readme_table("## Exit codes")}
+    assert table == documented_exit_codes() | {0}
+
+
+def test_the_readme_command_table_lists_every_command() -> None:
+    from mlfork.cli import COMMANDS
+
+    table = readme_table("## CLI reference")
+    named = {row[0].strip("`").split()[1] for row in table}
+    assert named == set(COMMANDS)
+
+
 @pytest.mark.parametrize(
     "err",
     [

@@ -338,6 +338,11 @@ class Project:
                 ) from None
             fh.seek(0)
             previous = fh.read()
+            # what a killed command saved to roll back with: the next command resumes
+            # from the last commit instead (the lock says what was in progress)
+            import shutil
+
+            shutil.rmtree(self.root / naming.GUARD_DIR, ignore_errors=True)
             lock = ProjectLock(fh, run, command, previous)
             lock.reap_orphans(previous)
             lock.update()
