@@ -218,23 +218,28 @@ MULTI = {
         depth: 3
     """,
     "src/prep.py": """
+        import os
         import sys
 
         import yaml
 
         part = sys.argv[1]
         p = yaml.safe_load(open("params.yaml"))
+        os.makedirs("data", exist_ok=True)
         with open(f"data/{part}.txt", "w") as f:
             f.write("".join(f"{part}{i}\\n" for i in range(p["prep"]["rows"])))
     """,
     "src/train.py": """
         import json
+        import os
         import sys
 
         import yaml
 
         model, epochs = sys.argv[1], int(sys.argv[2])
         t = yaml.safe_load(open("config/train.yaml"))
+        for folder in ("models", "metrics"):
+            os.makedirs(folder, exist_ok=True)
         rows = sum(len(open(f"data/{p}.txt").read().splitlines()) for p in ("a", "b"))
         loss = round(1.0 / (1 + t["lr"] * epochs * rows * (2 if model == "quad" else 1)), 6)
         with open(f"models/{model}.json", "w") as f:
@@ -349,19 +354,29 @@ def clone(origin: Path, dest: Path) -> Path:
     return dest
 
 
+def locked_clone(dest: Path) -> None:
+    """A fresh clone of `locked` (its data on a local DVC remote): the cache is empty."""
+    origin = dest.parent / "origin"
+    locked(origin, dest.parent / "remote")
+    clone(origin, dest)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "plain": plain,
     "subdir": subdir,
     "dvclive": dvclive,
     "cached_metrics": cached_metrics,
     "multi": multi,
+    "locked_clone": locked_clone,
 }
 
-# (project folder inside the fixture, an override for `run`, one for `branch`)
-WALKS: dict[str, tuple[str, str, str]] = {
-    "plain": (".", "lr=0.2", "rows=5"),
-    "subdir": ("ml", "lr=0.3", "rows=4"),
-    "dvclive": (".", "lr=0.3", "lr=0.5"),
-    "cached_metrics": (".", "scale=3", "scale=4"),
-    "multi": (".", "config/train.yaml:lr=0.2", "prep.rows=6"),
+# (project folder inside the fixture, an override for `run`, one for `branch`, a script
+# the user fixes in a commit of their own between iterations)
+WALKS: dict[str, tuple[str, str, str, str]] = {
+    "plain": (".", "lr=0.2", "rows=5", "src/fit.py"),
+    "subdir": ("ml", "lr=0.3", "rows=4", "src/fit.py"),
+    "dvclive": (".", "lr=0.3", "lr=0.5", "train.py"),
+    "cached_metrics": (".", "scale=3", "scale=4", "evaluate.py"),
+    "multi": (".", "config/train.yaml:lr=0.2", "prep.rows=6", "src/summary.py"),
+    "locked_clone": (".", "lr=0.4", "rows=7", "src/fit.py"),
 }

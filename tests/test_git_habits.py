@@ -213,6 +213,11 @@ def test_a_run_whose_first_stage_fails_puts_everything_back(project: Path) -> No
     assert "run 'mlfork run --name x --iterations 1' again (nothing was kept)" in line
     assert without_local(snapshot(root)) == without_local(before)
     assert git(root, "branch", "--list", "mlfork/*") == ""
+    db = root / ".mlfork" / "local" / "mlflow.db"
+    if db.exists():  # the tracking store never heard of the run
+        from mlfork.adapters.tracking import Tracker
+
+        assert Tracker(f"sqlite:///{db}").find_run("proj", "x") is None
 
 
 def test_a_fork_that_cannot_fetch_its_inputs_is_taken_back(base_project: Path,

@@ -48,10 +48,11 @@ def assert_clean(root: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(projects.WALKS))
 def test_the_walk_of_a_new_user(built: Callable[[str], Path], tmp_path: Path, name: str) -> None:
-    """init, run with an override, runs, log, metrics, branch with an override, resume,
-    plain git + DVC on the fork, diff, report, plot, replay, verify, rm: every command
-    exits 0 and the workspace ends clean."""
-    folder, run_override, fork_override = projects.WALKS[name]
+    """init, run with an override, a commit of the user's on the run branch, runs, log,
+    metrics, branch with an override, resume, plain git + DVC on the fork, diff, report,
+    plot, replay, verify, `git checkout main` and a new run there, rm: every command exits
+    0 and the workspace ends clean."""
+    folder, run_override, fork_override, script = projects.WALKS[name]
     repo = fixture(built, name, tmp_path)
     root = repo / folder
 
@@ -67,6 +68,10 @@ def test_the_walk_of_a_new_user(built: Callable[[str], Path], tmp_path: Path, na
     assert info["headline"] is not None and info["headline_value"] is not None
     record = yaml.safe_load(git(root, "show", "mlfork/base:./.mlfork/run.yaml"))
     assert record["overrides"] == [run_override]
+    fixed = root / script
+    fixed.write_text(fixed.read_text() + "\n# a fix of the user's, committed on the run\n")
+    git(root, "commit", "-q", "-am", "a fix between iterations")
+    assert jcli(root, "runs")[0]["done"] == 2  # type: ignore[index]
 
     log = jcli(root, "log", "base")
     assert {c["iteration"] for c in log} == {0, 1}  # type: ignore[union-attr]
@@ -115,9 +120,13 @@ def test_the_walk_of_a_new_user(built: Callable[[str], Path], tmp_path: Path, na
     assert_clean(root)
 
     git(root, "checkout", "-q", "main")
+    again = ok(cli(root, "run", "--name", "again", "--iterations", "1"))
+    assert "run 'again' completed: 1/1 iterations" in again.stderr
+    git(root, "checkout", "-q", "main")
     ok(cli(root, "rm", "fork"))
     assert git(root, "branch", "--list", "mlfork/fork") == ""
-    assert [r["name"] for r in jcli(root, "runs")] == ["base"]  # type: ignore[union-attr]
+    assert [r["name"] for r in jcli(root, "runs")] == [  # type: ignore[union-attr]
+        "again", "base"]
     assert_clean(root)
 
 

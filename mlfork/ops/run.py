@@ -362,12 +362,12 @@ def advance(
         guard.save([naming.RUN_RECORD, naming.REPLAY_MANIFEST, *handoff,
                     *[_gitignore_of(p) for p in handoff]])
 
-    mirror = track.Mirror(
+    mirror = _Held(track.Mirror(
         project,
         track.tracking_uri(project, rev),
         on_warning=lambda message: progress(Event("warning", name, message=message)),
         background=True,
-    )
+    ), guard)
     experiment = track.experiment_name(project, rev)
     result = RunResult(name=name, status="running", done=0, budget=rec.iterations)
     pos = lineage.position(project, rev)
@@ -387,6 +387,7 @@ def advance(
         hint = retry if guard is not None and guard.active else None
         _fail(project, mirror, experiment, rec, exc, it, deadline, hint)
 
+    failed = True
     try:
         while it < target:
             state.it = it
@@ -454,6 +455,7 @@ def advance(
             result.done = it + 1
             progress(Event("iteration_end", name, iteration=it, budget=target, metrics=metrics))
             it, si = it + 1, 0
+        failed = False
     except KeyboardInterrupt:
         project.write_state(name, "interrupted")
         _send_status(mirror, experiment, rec, "KILLED")
@@ -461,7 +463,7 @@ def advance(
             name, retry if guard is not None and guard.active else None
         ) from None
     finally:
-        mirror.close()
+        mirror.close(failed)
         result.warnings.extend(mirror.warnings)
 
     result.budget = rec.iterations
@@ -471,6 +473,42 @@ def advance(
     result.headline, result.headline_value = lineage.headline_at(project, state.rev)
     result.suggestion = params.suggest(pipeline, project.params_at(state.rev))
     return result
+
+
+class _Held:
+    """A Mirror that holds its writes while the command's guard is active: a command that
+    fails before its first checkpoint leaves the tracking store as it was too (its writes
+    are dropped with the rollback); from the first checkpoint on, writes go straight out."""
+
+    def __init__(self, mirror: track.Mirror, guard: workspace.Guard | None) -> None:
+        self.mirror = mirror
+        self.guard = guard
+        self.held: list[track.RunWrite] = []
+
+    @property
+    def uri(self) -> str:
+        return self.mirror.uri
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.mirror.warnings
+
+    def send(self, write: track.RunWrite) -> None:
+        if self.guard is not None and self.guard.active:
+            self.held.append(write)
+            return
+        for held in self.held:
+            self.mirror.send(held)
+        self.held = []
+        self.mirror.send(write)
+
+    def close(self, failed: bool) -> None:
+        """Deliver what is held, unless the command failed before its first checkpoint."""
+        if not (failed and self.guard is not None and self.guard.active):
+            for held in self.held:
+                self.mirror.send(held)
+        self.held = []
+        self.mirror.close()
 
 
 def _safe(stage: str) -> str:
@@ -632,7 +670,7 @@ def _write_manifest(
 
 def _fail(
     project: Project,
-    mirror: track.Mirror,
+    mirror: _Held,
     experiment: str,
     rec: RunRecord,
     exc: Any,
@@ -660,7 +698,7 @@ def _fail(
     raise StageFailed(name, iteration, exc.stage, exc.returncode, exc.tail, retry) from None
 
 
-def _send_status(mirror: track.Mirror, experiment: str, rec: RunRecord, status: str) -> None:
+def _send_status(mirror: _Held, experiment: str, rec: RunRecord, status: str) -> None:
     mirror.send(track.RunWrite(
         run=rec.name, experiment=experiment, start_time=track.iso_to_ms(rec.created),
         status=status, end_time=int(time.time() * 1000),
