@@ -202,7 +202,8 @@ def test_a_run_whose_first_stage_fails_puts_everything_back(project: Path) -> No
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "reproduced on main")
     split = root / "pipelines" / "data_split.py"
-    split.write_text(split.read_text().replace("def main():", "def main():\n    raise SystemExit(3)"))
+    broken = split.read_text().replace("def main():", "def main():\n    raise SystemExit(3)")
+    split.write_text(broken)
     git(root, "commit", "-q", "-am", "a broken split")
     (root / "data" / "train.npz").unlink()  # a stale output: DVC must rerun data_split
     before = snapshot(root)
