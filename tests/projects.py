@@ -9,7 +9,7 @@ tests. Each builder writes a project into an empty folder and commits it on `mai
   `.mlfork/config.yaml`.
 - `cached_metrics`: metrics declared as a cached output plus the top-level `metrics:`.
 - `multi`: params in several files (`vars`, `config/train.yaml`), `foreach` and `matrix`
-  stages, `${...}` templating, metrics in YAML and TOML.
+  stages, `${...}` templating, metrics in YAML and TOML, and a second dvc.yaml in a folder.
 - `locked`: `plain` with its dvc.lock, a `.dvc`-tracked input the pipeline reads and a
   `.dvc` file no stage uses, pushed to a local DVC remote (or not): cloned, its cache is
   empty.
@@ -284,6 +284,25 @@ MULTI = {
             metrics:
               - summary.toml:
                   cache: false
+    """,
+    # a second dvc.yaml, in a folder, with its own dvc.lock
+    "report/dvc.yaml": """
+        stages:
+          render:
+            cmd: python render.py
+            deps: [render.py, ../summary.toml]
+            params:
+              - ../params.yaml:
+                  - seed
+            outs: [report.txt]
+    """,
+    "report/render.py": """
+        import tomllib
+
+        with open("../summary.toml", "rb") as f:
+            best = tomllib.load(f)["best_loss"]
+        with open("report.txt", "w") as f:
+            f.write(f"best loss {best}\\n")
     """,
 }
 

@@ -81,6 +81,8 @@ def test_the_walk_of_a_new_user(built: Callable[[str], Path], tmp_path: Path, na
 
     points = jcli(root, "metrics", "base")
     assert {p["iteration"] for p in points} == {0, 1}  # type: ignore[union-attr]
+    synced = jcli(root, "sync")
+    assert synced["runs"] == ["base"]  # type: ignore[index]
 
     ok(cli(root, "branch", "--from-iteration", "0", "--name", "fork", fork_override))
     assert git(root, "branch", "--show-current").strip() == "mlfork/fork"
@@ -104,6 +106,8 @@ def test_the_walk_of_a_new_user(built: Callable[[str], Path], tmp_path: Path, na
     assert "up to date" in status.stdout, status.stdout
     assert_clean(root)
 
+    (tree,) = jcli(root, "tree")  # type: ignore[misc]
+    assert (tree["name"], [c["name"] for c in tree["children"]]) == ("base", ["fork"])
     diff = jcli(root, "diff", "base", "fork")
     assert diff["overrides"]["only_b"] == [fork_override]  # type: ignore[index]
     assert diff["b_iteration"] == 1  # type: ignore[index]
