@@ -327,22 +327,8 @@ LOCKED = {
         with open("data/rows.txt", "w") as f:
             f.write("".join(f"{line}\\n" for line in raw[: p["rows"]]))
     """,
-    "dvc.yaml": """
-        stages:
-          prep:
-            cmd: python src/prep.py
-            deps: [src/prep.py, inputs/raw.csv]
-            params: [rows]
-            outs: [data/rows.txt]
-          fit:
-            cmd: python src/fit.py
-            deps: [src/fit.py, data/rows.txt]
-            params: [lr]
-            outs: [model.txt]
-            metrics:
-              - metrics.json:
-                  cache: false
-    """,
+    "dvc.yaml": PLAIN["dvc.yaml"].replace("deps: [src/prep.py]",
+                                          "deps: [src/prep.py, inputs/raw.csv]"),
 }
 
 

@@ -459,36 +459,30 @@ class DvcProject:
 
 
 @functools.lru_cache(maxsize=64)
+def _lock_entries(lock_text: bytes | str | None, kind: str) -> dict[str, dict[str, Any]]:
+    if not lock_text:
+        return {}
+    try:
+        data = _yaml(lock_text) or {}
+    except yaml.YAMLError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for stage in (data.get("stages") or {}).values() if isinstance(data, dict) else ():
+        for item in (stage or {}).get(kind) or []:
+            if isinstance(item, dict) and "path" in item:
+                found[str(item["path"])] = {k: v for k, v in item.items() if k != "path"}
+    return found
+
+
 def lock_outputs(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
     """`path -> {md5, size, ...}` of every stage output in a dvc.lock text (paths relative
     to the lock file's folder, as DVC writes them). Parsed once per text: do not mutate."""
-    if not lock_text:
-        return {}
-    try:
-        data = _yaml(lock_text) or {}
-    except yaml.YAMLError:
-        return {}
-    outs: dict[str, dict[str, Any]] = {}
-    for stage in (data.get("stages") or {}).values() if isinstance(data, dict) else ():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out:
-                outs[str(out["path"])] = {k: v for k, v in out.items() if k != "path"}
-    return outs
+    return _lock_entries(lock_text, "outs")
 
 
 def lock_deps(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
-    if not lock_text:
-        return {}
-    try:
-        data = _yaml(lock_text) or {}
-    except yaml.YAMLError:
-        return {}
-    deps: dict[str, dict[str, Any]] = {}
-    for stage in (data.get("stages") or {}).values() if isinstance(data, dict) else ():
-        for dep in (stage or {}).get("deps") or []:
-            if isinstance(dep, dict) and "path" in dep:
-                deps[str(dep["path"])] = {k: v for k, v in dep.items() if k != "path"}
-    return deps
+    """The same for every stage dependency."""
+    return _lock_entries(lock_text, "deps")
 
 
 def _first_line(exc: BaseException) -> str:

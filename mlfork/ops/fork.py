@@ -322,33 +322,20 @@ def _branch(
 
     with project.lock(name, "branch") as lock:
         workspace.settle(project, lock, run=current, extra=extra, note=note)
-        guard = workspace.Guard(project)
-        try:
+        with workspace.guarded(project, lock) as guard:
             git.create_branch(fork_branch, cp.commit)  # the race is decided here
             guard.created_branch(fork_branch)
             result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
             workspace.switch(project, guard, lock, fork_branch, required=required, note=note)
-        except BaseException:
-            guard.rollback()
-            lock.idle()
-            raise
-        guard.release()
         lock.idle()
         result.switched = True
         _mirror(project, name, progress, timings, started)
         if run:
-            guard = workspace.Guard(project)
-            try:
+            with workspace.guarded(project, lock) as guard:
                 result.run = advance(
                     project, name, lock=lock, guard=guard, target=budget, progress=progress,
                     echo=echo, signature=sig, argv=argv,
                 )
-            except BaseException:
-                if guard.active:
-                    guard.rollback()
-                    lock.idle()
-                raise
-            guard.release()
     return result
 
 

@@ -549,8 +549,7 @@ def _start_at(
             raise MalformedFile(naming.RUN_RECORD, f"none at {p.commit[:10]}")
         with project.lock(p.name, "replay") as lock:
             workspace.settle(project, lock, run=lineage.current_run(project))
-            guard = workspace.Guard(project)
-            try:
+            with workspace.guarded(project, lock) as guard:
                 record = RunRecord(
                     name=p.name, iterations=p.budget, overrides=list(p.overrides),
                     own_overrides=list(p.overrides),
@@ -576,12 +575,6 @@ def _start_at(
                     progress=progress, echo=echo, run_cache=False, force=True, signature=sig,
                     argv=argv, pythonhashseed=pythonhashseed,
                 )
-            except BaseException:
-                if guard.active:
-                    guard.rollback()
-                    lock.idle()
-                raise
-            guard.release()
             return result
     finally:
         project.close()

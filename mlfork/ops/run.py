@@ -143,8 +143,7 @@ def start(
             progress(Event("warning", name, message=message))
         with project.lock(name, "run") as lock:
             workspace.settle(project, lock, run=None, note=_noter(progress, name))
-            guard = workspace.Guard(project)
-            try:
+            with workspace.guarded(project, lock) as guard:
                 policy = plan.policy
                 resume = _handoff(policy)
                 guard.save(
@@ -179,12 +178,6 @@ def start(
                     project, name, lock=lock, guard=guard, target=plan.budget,
                     progress=progress, echo=echo, argv=argv, signature=sig, retry=retry,
                 )
-            except BaseException:
-                if guard.active:
-                    guard.rollback()
-                    lock.idle()
-                raise
-            guard.release()
             return result
     finally:
         project.close()
@@ -249,8 +242,7 @@ def resume(
         with project.lock(name, "resume") as lock:
             workspace.settle(project, lock, run=current, extra=extra,
                              note=_noter(progress, name))
-            guard = workspace.Guard(project)
-            try:
+            with workspace.guarded(project, lock) as guard:
                 if current != name:
                     workspace.switch(project, guard, lock, naming.branch_name(name),
                                      note=_noter(progress, name))
@@ -270,12 +262,6 @@ def resume(
                     run_cache=run_cache, force=force, signature=sig, argv=argv,
                     pythonhashseed=pythonhashseed,
                 )
-            except BaseException:
-                if guard.active:
-                    guard.rollback()
-                    lock.idle()
-                raise
-            guard.release()
             return result
     finally:
         project.close()

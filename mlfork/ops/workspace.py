@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,6 +331,21 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+@contextmanager
+def guarded(project: Project, lock: ProjectLock) -> Iterator[Guard]:
+    """A Guard around a block: the block's failure before `release` rolls everything back
+    (and the workspace is consistent again: the lock says so); success releases it."""
+    guard = Guard(project)
+    try:
+        yield guard
+    except BaseException:
+        if guard.active:
+            guard.rollback()
+            lock.idle()
+        raise
+    guard.release()
 
 
 # -- switching ---------------------------------------------------------------------------------
