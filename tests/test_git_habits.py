@@ -273,3 +273,27 @@ def test_the_hint_after_a_run_names_a_key_of_the_project(tmp_path: Path) -> None
     assert "lr=0.2" in hint and "model.lr" not in hint
     manifest = json.loads(git(root, "show", "mlfork/a:.mlfork/replay.json"))
     assert "pipeline" not in manifest["seed"]
+
+
+def test_a_failed_start_in_a_fresh_clone_removes_the_cache_object_it_added(
+    tmp_path: Path,
+) -> None:
+    """A fresh clone of a project with a checkpoint hand-off: the first iteration's empty
+    resume input is mlfork's to write (never "missing data"), and when the first stage
+    fails, the cache object mlfork added for it goes too: the cache is as it was."""
+    import projects
+
+    origin = tmp_path / "origin"
+    projects.dvclive(origin)
+    train = origin / "train.py"
+    train.write_text("raise SystemExit(5)\n" + train.read_text())
+    git(origin, "commit", "-q", "-am", "a broken training script")
+    root = projects.clone(origin, tmp_path / "clone")
+    ok(cli(root, "init"))
+    before = snapshot(root)
+    failed = cli(root, "run", "--name", "a", "--iterations", "1")
+    assert failed.returncode == 8, failed.stderr
+    assert "exit code 5" in failed.stderr and "nothing was kept" in failed.stderr
+    assert without_local(snapshot(root)) == without_local(before)
+    assert not list((root / ".dvc" / "cache").rglob("*")) or all(
+        p.is_dir() for p in (root / ".dvc" / "cache").rglob("*"))

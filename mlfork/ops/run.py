@@ -151,7 +151,8 @@ def start(
                     + sorted(workspace.owned_paths(plan.pipeline, resume))
                     + list(project.compose(head, overrides, 0, plan.budget).files)
                     + list(resume)
-                    + [_gitignore_of(p) for p in resume]
+                    + [_gitignore_of(p) for p in resume],
+                    plan.pipeline,
                 )
                 workspace.ensure_inputs(project, plan.missing, "a stage needs it",
                                         _noter(progress, name))
@@ -379,8 +380,8 @@ def advance(
             state.it = it
             if si == 0:
                 progress(Event("iteration", name, iteration=it, budget=target))
-                _prologue(project, lock, rec, policy, state, env, pythonhashseed, resume_input,
-                          progress)
+                _prologue(project, lock, guard, rec, policy, state, env, pythonhashseed,
+                          resume_input, progress)
             for stage in stages[si:]:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -505,6 +506,7 @@ def _safe(stage: str) -> str:
 def _prologue(
     project: Project,
     lock: ProjectLock,
+    guard: workspace.Guard | None,
     rec: RunRecord,
     policy: Policy,
     state: _Iteration,
@@ -552,7 +554,9 @@ def _prologue(
                     project, missing, f"the checkpoint of iteration {it - 1} (the hand-off)",
                     _noter(progress, rec.name),
                 )
-        project.dvc.set_resume(resume_input, source)
+        added = project.dvc.set_resume(resume_input, source)
+        if added is not None and guard is not None and guard.active:
+            guard.added_cache_object(added)
 
 
 def _commit_stage(

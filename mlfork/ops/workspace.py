@@ -222,11 +222,11 @@ class Guard:
         self.cache_objects: list[Path] = []
         self.active = True
 
-    def save(self, paths: Iterable[str], copy: Iterable[str] = ()) -> None:
+    def save(self, paths: Iterable[str], pipeline: Pipeline | None = None) -> None:
         """Save these project-relative paths as they are now (once each: the first state
-        is the one to put back). Paths in `copy` are copied, not linked (an output DVC
-        keeps and a stage writes into: `persist: true`)."""
-        copied = set(copy)
+        is the one to put back). The `persist: true` outputs of `pipeline` are copied, not
+        linked: DVC keeps those in place and a stage may write into them."""
+        copied = {o.path for o in pipeline.outs() if o.persist} if pipeline else set()
         for rel in paths:
             rel = rel.strip("/")
             if not rel or rel.startswith(naming.LOCAL_DIR) or _under(
@@ -380,7 +380,7 @@ def switch(
     ])
     in_way += [p for p in status.changed if _under(p, outputs)
                and git.read(target, p) != git.read(head, p)]
-    guard.save(output_paths(pipeline) + sorted(owned_paths(pipeline)))
+    guard.save(output_paths(pipeline) + sorted(owned_paths(pipeline)), pipeline)
     lock.work(switch=branch)
     for rel in in_way:
         if git.is_tracked(head, rel):
@@ -396,7 +396,7 @@ def switch(
     new = project.pipeline()
     # what git did not touch (ignored, untracked) is as it was before the switch
     guard.save([p for p in output_paths(new) + sorted(owned_paths(new))
-                if not git.is_tracked(target, p)])
+                if not git.is_tracked(target, p)], new)
     outs = [o.path for o in new.outs() if o.cache]
     missing = project.dvc.missing_from_cache(outs)
     needed = [p for p in missing if p in set(required) | set(absent_inputs(project, new))]
@@ -418,11 +418,15 @@ def _copy_aside(project: Project, guard: Guard, rel: str) -> Path:
 
 def absent_inputs(project: Project, pipeline: Pipeline) -> list[str]:
     """The data sources (`.dvc`-tracked data) a stage depends on that are not in the
-    workspace: `dvc repro` would fail on them (`dvc checkout`, or `dvc pull`, brings them)."""
+    workspace: `dvc repro` would fail on them (`dvc checkout`, or `dvc pull`, brings them).
+    The checkpoint hand-off's resume input is not one: mlfork writes it each iteration."""
     used = {d for s in pipeline.stages for d in s.deps}
+    resume = project.policy(project.git.head_commit() or "").checkpoint_resume \
+        if project.git.head_commit() else None
     return [
         o.path for o in pipeline.sources
-        if o.cache and any(_under(d, [o.path]) or _under(o.path, [d]) for d in used)
+        if o.cache and o.path != resume
+        and any(_under(d, [o.path]) or _under(o.path, [d]) for d in used)
         and not (project.root / o.path).exists()
     ]
 
