@@ -16,7 +16,7 @@ POLICY_FILE = ".mlfork/config.yaml"  # the policy of a project without conf/ (co
 REPLAY_MANIFEST = ".mlfork/replay.json"
 LOCAL_DIR = ".mlfork/local"
 TRACKING_DB = ".mlfork/local/mlflow.db"
-LOCK_FILE = ".mlfork/local/lock"
+LOCK_DIR = "mlfork"  # in the git directory (of the worktree): the project locks
 OUTBOX_DIR = ".mlfork/local/outbox"
 STATE_DIR = ".mlfork/local/state"
 LOGS_DIR = ".mlfork/local/logs"
@@ -50,6 +50,13 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_GIT_BRANCH = "mlflow.source.git.branch"
 TAG_NOTE = "mlflow.note.content"
 TAG_RUN_NAME = "mlflow.runName"
+TAG_OVERRIDES = "mlfork.overrides"
+TAG_BUDGET = "mlfork.budget"
+# run-record tags mlfork itself gives the runs it makes (mirrored as MLflow tags)
+TAG_REPLAY_OF = "mlfork.replay_of"
+TAG_REPLAY_ITERATION = "mlfork.replay_iteration"
+TAG_VERIFY_OF = "mlfork.verify_of"
+OWN_RECORD_TAGS = (TAG_REPLAY_OF, TAG_REPLAY_ITERATION, TAG_VERIFY_OF)
 
 
 def branch_name(run: str) -> str:
@@ -152,5 +159,16 @@ def format_params_file(path: str | None, override: str) -> str:
     return f"{path}:{override}" if path else override
 
 
+def lock_name(prefix: str) -> str:
+    """The lock file (in the worktree's git directory) of the project in folder `prefix` of
+    the repository ("" for the top): `mlfork/project.lock`, `mlfork/ml__sub.lock`."""
+    return f"{LOCK_DIR}/{prefix.strip('/').replace('/', '__') or 'project'}.lock"
+
+
 def replay_run_name(run: str, k: int) -> str:
     return f"{run}-replay-{k}"
+
+
+def verify_stem(run: str) -> str:
+    """Scratch runs of `mlfork verify RUN` are `<stem>-<k>`."""
+    return f"{run}-verify"

@@ -71,9 +71,7 @@ def copy_project(src: Path, dest: Path) -> Path:
         return shutil.copy2(s, d)
 
     shutil.copytree(src, dest, symlinks=True, copy_function=copy)
-    lock = dest / ".mlfork" / "local" / "lock"
-    if lock.exists():
-        lock.unlink()
+    shutil.rmtree(dest / ".git" / "mlfork", ignore_errors=True)  # the template's lock
     return dest
 
 
@@ -190,7 +188,7 @@ def snapshot(root: Path) -> dict[str, object]:
     files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if rel.parts[0] == ".git" or rel.parts[:3] == (".mlfork", "local", "lock"):
+        if rel.parts[0] == ".git":
             continue
         if rel.parts[:2] == (".dvc", "tmp"):
             continue
@@ -233,12 +231,17 @@ def checkpoint_log(root: Path, rev: str) -> list[dict[str, str]]:
     return commits
 
 
+def lock_path(root: Path) -> Path:
+    """The project lock of the project at the top of repository `root`."""
+    return root / ".git" / "mlfork" / "project.lock"
+
+
 def lock_info(root: Path) -> dict[str, object]:
-    """The JSON mlfork keeps in `.mlfork/local/lock` ({} while absent or half-written)."""
+    """The JSON mlfork keeps in its project lock ({} while absent or half-written)."""
     import json
 
     try:
-        return dict(json.loads((root / ".mlfork" / "local" / "lock").read_text() or "{}"))
+        return dict(json.loads(lock_path(root).read_text() or "{}"))
     except (OSError, ValueError):
         return {}
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, copy_project, dvc, git, snapshot
+from conftest import cli, copy_project, dvc, git, lock_path, snapshot
 
 from mlfork import errors
 
@@ -226,10 +226,9 @@ def test_no_git_identity(project: Path, tmp_path: Path) -> None:
 
 
 def test_project_locked_by_another_process(project: Path) -> None:
-    lock_path = project / ".mlfork" / "local" / "lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    (project / ".mlfork" / "local" / ".gitignore").write_text("*\n")
-    with open(lock_path, "a+") as fh:
+    path = lock_path(project)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fh.write(json.dumps({"pid": 424242, "run": "other", "command": "run"}))
         fh.flush()

@@ -8,6 +8,7 @@ applied to it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,35 @@ from .. import naming
 from ..errors import ConfigError, OverrideError
 
 VERSION_BASE = "1.3"
+RESOLVER = re.compile(r"\$\{\s*([\w.\-]+)\s*:")  # `${oc.env:VAR}`, `${my.resolver:x}`
+
+
+def resolver_uses(text: bytes | str) -> list[tuple[str, str]]:
+    """(dotted key, resolver) for every value of a YAML text that calls a resolver
+    (`${oc.env:AWS_SECRET}`): composed, it reads this machine's environment or anything
+    else the resolver reads, and the result is committed."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []
+    found: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        elif isinstance(value, str):
+            m = RESOLVER.search(value)
+            if m:
+                found.append((prefix, m.group(1)))
+
+    walk("", data)
+    return found
 
 
 @dataclass(frozen=True)
@@ -52,6 +82,12 @@ def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
             raise OverrideError(text, "sweeps are not supported: give one value per run")
         if ov.package is not None:
             raise OverrideError(text, "package overrides (@pkg) are not supported")
+        resolver = RESOLVER.search(body.split("=", 1)[1] if "=" in body else "")
+        if resolver:
+            raise OverrideError(
+                text, f"it calls the resolver '{resolver.group(1)}', whose value would be read"
+                " on this machine and committed (params.yaml, MLflow): give the value itself"
+            )
         kind = {
             OverrideType.CHANGE: "change",
             OverrideType.ADD: "add",
@@ -92,7 +128,8 @@ def compose(conf_dir: Path, overrides: list[str], config_name: str = "config") -
         raise _composition_error(
             exc, overrides, lambda: compose(conf_dir, [], config_name)
         ) from exc
-    assert isinstance(data, dict)
+    if not isinstance(data, dict):
+        raise ConfigError("the composed config is not a mapping: fix the files under conf/")
     return {str(k): v for k, v in data.items()}
 
 
@@ -114,7 +151,8 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except (HydraException, OmegaConfBaseException) as exc:
             raise OverrideError(text, _first_line(exc)) from exc
     data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
+    if not isinstance(data, dict):
+        raise ConfigError("the composed config is not a mapping: fix the files under conf/")
     return {str(k): v for k, v in data.items()}
 
 

@@ -9,8 +9,8 @@ are written once, and tags are plain overwrites.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,65 @@ MAX_PARAMS = 100
 MAX_TAGS = 100
 PARAM_VALUE_LIMIT = 6000
 TAG_VALUE_LIMIT = 8000
+KEY_LIMIT = 250
+_KEY = re.compile(r"^[/\w.\- :]+$")  # the keys MLflow takes for tags, params and metrics
+FULL_VALUES = "mlfork/full-values"  # the artifact folder with values MLflow would cut
+
+
+class Undeliverable(TrackingError):
+    """The store refuses this write for what it is (an invalid key or value), not because
+    it is unreachable: retrying cannot help."""
+
+
+class BrokenStore(TrackingError):
+    """The embedded store's file is not a database MLflow can open."""
+
+    def __init__(self, db: Path, reason: str) -> None:
+        super().__init__(
+            f"the embedded tracking store {db} is broken ({reason}): run 'mlfork sync"
+            " --rebuild' to move it aside and rebuild it from git"
+        )
+        self.db = db
+
+
+def key_problem(key: str) -> str | None:
+    """Why MLflow would refuse `key` as a tag, param or metric name (None: it takes it)."""
+    if not key:
+        return "it is empty"
+    if len(key) > KEY_LIMIT:
+        return f"it is longer than {KEY_LIMIT} characters"
+    if not _KEY.match(key):
+        return "it may only hold letters, digits and _ - . / : and spaces"
+    if ".." in key.split("/") or key.startswith("/"):
+        return "it may not be or hold a '..' path or start with '/'"
+    return None
+
+
+def check_sqlite_store(db: Path) -> None:
+    """Raise BrokenStore, at once (no retries), if `db` exists and is not a SQLite
+    database with MLflow's tables (a folder, a truncated or foreign file)."""
+    import sqlite3
+
+    if not db.exists():
+        return
+    if db.is_dir():
+        raise BrokenStore(db, "it is a folder")
+    try:
+        with open(db, "rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise BrokenStore(db, exc.strerror or str(exc)) from exc
+    if header != b"SQLite format 3\x00":
+        raise BrokenStore(db, "not a SQLite database")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            con.execute("SELECT count(*) FROM experiments").fetchone()
+            con.execute("SELECT count(*) FROM runs").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise BrokenStore(db, str(exc).splitlines()[0] if str(exc) else "unreadable") from exc
 
 
 def default_uri(root: Path, configured: str | None = None) -> str:
@@ -75,31 +134,36 @@ class Tracker:
         self._client: Any = None
         self._experiments: dict[str, str] = {}
         self._runs: dict[tuple[str, str], str] = {}
+        self.warnings: list[str] = []  # what a write had to say (a value MLflow would cut)
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            for name in ("mlflow", "alembic"):
-                logging.getLogger(name).setLevel(logging.WARNING)
+            check_uri(self.uri)
+            db = sqlite_path(self.uri)
+            if db is not None:
+                path = Path(db)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                check_sqlite_store(path)
+                if not path.exists():
+                    _create_sqlite_store(path)
             from mlflow.tracking import MlflowClient
 
-            if self.uri.startswith("sqlite:///"):
-                db = Path(self.uri[len("sqlite:///") :])
-                db.parent.mkdir(parents=True, exist_ok=True)
-                if not db.exists():
-                    _create_sqlite_store(db)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # any failure of the store is "unreachable" to the caller
-            raise TrackingError(
+        except TrackingError:
+            raise
+        except Exception as exc:  # the store is unreachable, or refuses this write
+            message = (
                 f"the tracking store {redact_uri(self.uri)} could not {what}: {_reason(exc)}"
-            ) from exc
+            )
+            if getattr(exc, "error_code", None) in REFUSALS:
+                raise Undeliverable(message) from exc
+            raise TrackingError(message) from exc
 
     def experiment_id(self, name: str) -> str:
         if name in self._experiments:
@@ -123,22 +187,78 @@ class Tracker:
         self._experiments[name] = exp_id
         return exp_id
 
-    def find_run(self, experiment: str, run: str) -> str | None:
-        key = (experiment, run)
-        if key in self._runs:
-            return self._runs[key]
+    def _candidates(self, experiment: str, run: str) -> list[Any]:
+        """The active MLflow runs tagged as mlfork run `run`, the canonical one first: the
+        oldest (start time, then id), so that every writer picks the same one."""
         exp_id = self.experiment_id(experiment)
         found = self._call(
             "be searched",
             self.client.search_runs,
             [exp_id],
             filter_string=f"tags.`{naming.TAG_RUN}` = '{run}'",
-            max_results=2,
+            max_results=1000,
         )
+        return sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    def find_run(self, experiment: str, run: str) -> str | None:
+        key = (experiment, run)
+        if key in self._runs:
+            return self._runs[key]
+        found = self._candidates(experiment, run)
         if not found:
             return None
         self._runs[key] = found[0].info.run_id
         return self._runs[key]
+
+    def _find_or_create(self, w: RunWrite) -> str:
+        """The MLflow run of `w.run`, created if there is none. Two writers racing (a sync
+        during a run, two clones) may both create one: each then looks again, and all agree
+        on the canonical one; a writer whose own run lost deletes it."""
+        run_id = self.find_run(w.experiment, w.run)
+        if run_id is not None:
+            return run_id
+        created = self._call(
+            "create a run",
+            self.client.create_run,
+            self.experiment_id(w.experiment),
+            start_time=w.start_time,
+            tags={naming.TAG_RUN: w.run},
+            run_name=w.run,
+        )
+        mine = created.info.run_id
+        found = self._candidates(w.experiment, w.run)
+        canonical = found[0].info.run_id if found else mine
+        if canonical != mine:
+            self._call("be written", self.client.delete_run, mine)
+        self._runs[(w.experiment, w.run)] = canonical
+        return str(canonical)
+
+    def repair_duplicates(self, experiment: str) -> int:
+        """Delete every non-canonical MLflow run of an mlfork run that has several (left by
+        an older mlfork, or by writers racing); the number deleted."""
+        exp_id = self.experiment_id(experiment)
+        by_run: dict[str, list[Any]] = {}
+        token = None
+        while True:
+            page = self._call(
+                "be searched", self.client.search_runs, [exp_id],
+                filter_string=f"tags.`{naming.TAG_RUN}` != ''", max_results=1000,
+                page_token=token,
+            )
+            for r in page:
+                by_run.setdefault(r.data.tags.get(naming.TAG_RUN), []).append(r)
+            token = page.token
+            if not token:
+                break
+        deleted = 0
+        for name, found in by_run.items():
+            found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            for extra in found[1:]:
+                self._call("be written", self.client.delete_run, extra.info.run_id)
+                deleted += 1
+            if name and found:
+                self._runs[(experiment, name)] = found[0].info.run_id
+        return deleted
 
     def run_ids(self, experiment: str) -> dict[str, str]:
         """mlfork run name -> MLflow run id, for every mlfork run of the experiment."""
@@ -169,33 +289,24 @@ class Tracker:
         """Apply one RunWrite; idempotent. Returns the MLflow run id."""
         from mlflow.entities import Metric, Param, RunTag
 
-        run_id = self.find_run(w.experiment, w.run)
         if w.deleted:
-            if run_id is not None:
-                self._call("be written", self.client.delete_run, run_id)
-                self._runs.pop((w.experiment, w.run), None)
-            return str(run_id or "")
-        if run_id is None:
-            exp_id = self.experiment_id(w.experiment)
-            created = self._call(
-                "create a run",
-                self.client.create_run,
-                exp_id,
-                start_time=w.start_time,
-                tags={naming.TAG_RUN: w.run},
-                run_name=w.run,
-            )
-            run_id = created.info.run_id
-            self._runs[(w.experiment, w.run)] = run_id
+            for found in self._candidates(w.experiment, w.run):
+                self._call("be written", self.client.delete_run, found.info.run_id)
+            self._runs.pop((w.experiment, w.run), None)
+            return ""
+        run_id = self._find_or_create(w)
         tag_values = dict(w.tags)
         parent = tag_values.get(naming.TAG_PARENT_RUN)
         if parent and naming.TAG_MLFLOW_PARENT not in tag_values:
             parent_id = self.find_run(w.experiment, parent)
             if parent_id is not None:  # the UI nests the fork under its parent
                 tag_values[naming.TAG_MLFLOW_PARENT] = parent_id
+        tag_values = self._keep_full(run_id, w.run, "tag", tag_values, TAG_VALUE_LIMIT)
+        param_values = self._keep_full(run_id, w.run, "param", dict(w.params), PARAM_VALUE_LIMIT)
         tags = [RunTag(k, _clip(v, TAG_VALUE_LIMIT)) for k, v in sorted(tag_values.items())]
-        params = [Param(k, _clip(v, PARAM_VALUE_LIMIT)) for k, v in sorted(w.params.items())]
-        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in w.metrics]
+        params = [Param(k, _clip(v, PARAM_VALUE_LIMIT)) for k, v in sorted(param_values.items())]
+        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in w.metrics
+                   if key_problem(k) is None]
         for i in range(0, len(tags), MAX_TAGS):
             self._call("be written", self.client.log_batch, run_id, tags=tags[i : i + MAX_TAGS])
         if params:
@@ -215,10 +326,48 @@ class Tracker:
         if w.status in ("RUNNING", "SCHEDULED"):
             self._call("be written", self.client.update_run, run_id, status=w.status)
         elif w.status is not None:
-            self._call(
-                "be written", self.client.set_terminated, run_id, w.status, end_time=w.end_time
-            )
+            self._call("be written", self._terminate, run_id, w.status, w.end_time)
         return str(run_id)
+
+    def _terminate(self, run_id: str, status: str, end_time: int | None) -> None:
+        """`set_terminated`, without the "View run ... at" lines MLflow prints on stdout
+        for a server (stdout holds only data: `--json` must stay JSON)."""
+        from mlflow.entities import RunStatus
+
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if store is None or not hasattr(store, "update_run_info"):
+            with contextlib.redirect_stdout(None):
+                self.client.set_terminated(run_id, status, end_time=end_time)
+            return
+        store.update_run_info(run_id, run_status=RunStatus.from_string(status),
+                              end_time=end_time, run_name=None)
+
+    def _keep_full(
+        self, run_id: str, run: str, kind: str, values: dict[str, str], limit: int
+    ) -> dict[str, str]:
+        """Values MLflow takes: keys it refuses are left out, and a value longer than it
+        keeps is clipped there with the whole value kept as a run artifact (both said in
+        `warnings`). Git holds every value in full either way."""
+        out: dict[str, str] = {}
+        for key, value in values.items():
+            problem = key_problem(key)
+            if problem is not None:
+                self.warnings.append(
+                    f"the {kind} key {key!r} of run '{run}' was not sent to MLflow: {problem}"
+                    " (git has it)"
+                )
+                continue
+            if len(value) > limit:
+                name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)
+                artifact = f"{FULL_VALUES}/{kind}s/{name}.txt"
+                self._call("be written", self.client.log_text, run_id, value, artifact)
+                self.warnings.append(
+                    f"the {kind} {key!r} of run '{run}' has {len(value)} characters, more than"
+                    f" MLflow keeps ({limit}): it is cut there, and whole in the run's artifact"
+                    f" {artifact}"
+                )
+            out[key] = value
+        return out
 
     def delete_experiment_runs(self, experiment: str) -> int:
         """Delete every mlfork run of the experiment (for `mlfork sync --rebuild`)."""
@@ -227,6 +376,31 @@ class Tracker:
             self._call("be written", self.client.delete_run, rid)
         self._runs = {k: v for k, v in self._runs.items() if k[0] != experiment}
         return len(ids)
+
+
+REFUSALS = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE")
+
+
+def check_uri(uri: str) -> None:
+    """A tracking URI MLflow can use, or TrackingError saying what is wrong with it (an
+    unknown scheme, the file store MLflow 3 refuses)."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql") or (
+        scheme.startswith(("postgresql+", "mysql+", "mssql+", "databricks-"))
+    ):
+        return
+    if scheme == "file" or (not scheme and uri):
+        raise TrackingError(
+            f"tracking URI {redact_uri(uri)} is a plain file store, which MLflow 3 no longer"
+            " writes: use 'sqlite:///PATH/mlflow.db', a server's http(s):// address, or unset"
+            " MLFLOW_TRACKING_URI for the project's embedded store"
+        )
+    raise TrackingError(
+        f"tracking URI {redact_uri(uri)} has no scheme MLflow knows ('{scheme}'): use"
+        " http(s)://HOST:PORT, sqlite:///PATH, or unset MLFLOW_TRACKING_URI"
+    )
 
 
 def _create_sqlite_store(db: Path) -> None:
@@ -351,8 +525,7 @@ class HistoryReader:
         import sqlite3
         from urllib.parse import quote
 
-        assert self.db is not None
-        path = quote(str(Path(self.db).resolve()))
+        path = quote(str(Path(self.db or "").resolve()))
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
 
     def _runs_sql(self, experiment: str) -> dict[str, IndexedRun]:

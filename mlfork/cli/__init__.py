@@ -37,6 +37,20 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise click.UsageError(
+                f"unknown command '{name}': {hint}('mlfork --help' lists the commands)"
+            )
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None
@@ -82,26 +96,69 @@ def _freeze_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
+def _configure_process() -> None:
+    """What the command line sets for its own process (library code never does): quiet
+    logging from the libraries it drives, and MLflow's HTTP retries and URL printing (a
+    tracking server that is down costs seconds, not minutes; stdout holds only data)."""
+    import logging
+    import os
+
+    for name in ("mlflow", "alembic", "dvc", "dvc_data", "dvc_objects"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    """A click error as one line: the message, and where the usage is described."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "mlfork"
+    if isinstance(exc, click.UsageError) and not message.startswith("unknown command"):
+        message += f" (see '{command} --help')"
+    return message
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout's reader went away (`mlfork log | head -1`): stop quietly, as git does."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, the status a shell reports for git in the same case
+
+
 def main(argv: list[str] | None = None) -> Any:
     from ..errors import MlforkError
 
     _freeze_at_exit()
+    _configure_process()
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
     try:
-        return cli.main(args=args, prog_name="mlfork", standalone_mode=False)
+        result = cli.main(args=args, prog_name="mlfork", standalone_mode=False)
+        sys.stdout.flush()
+        return result
+    except BrokenPipeError:
+        _quiet_broken_pipe()
     except click.exceptions.Abort:
         click.echo("mlfork: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # plain `mlfork`: the help
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(0)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"mlfork: error: {_usage_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except MlforkError as exc:
         if verbose:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"mlfork: error: {exc}", err=True)
+        click.echo(f"mlfork: error: {' '.join(str(exc).split())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("mlfork: interrupted", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Any
 
@@ -73,7 +74,7 @@ def render_plan(plan: Any, launched: bool = False) -> None:
     echo = click.echo
     echo(f"replay of '{plan.original}' iteration {plan.iteration}"
          f" (manifest_version {plan.manifest_version}, commit {plan.commit[:10]})")
-    echo("ran as: " + (" ".join(plan.original_argv) or "(unknown)"))
+    echo("ran as: " + (shlex.join(plan.original_argv) or "(unknown)"))
     if plan.kind == "run":
         echo(f"{'launched' if launched else 'reproduce'} from the base commit"
              f" {plan.start_commit[:12]}:")

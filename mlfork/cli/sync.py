@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._options import json_option
-from ._output import emit_json, note
+from ._output import emit_json, note, warn
 
 
 @click.command("sync")
@@ -21,10 +21,15 @@ def command(rebuild: bool, as_json: bool) -> None:
     from ..ops.sync import sync
 
     result = sync(rebuild=rebuild)
+    for message in result.warnings:
+        warn(message)
+    if result.moved_aside:
+        warn(f"the broken tracking store was moved aside to {result.moved_aside}")
     if as_json:
         emit_json(result.to_dict())
         return
     note(
         f"synced {len(result.runs)} run(s) to {result.uri}: {result.delivered} pending write(s)"
         f" delivered" + (f", {result.deleted} run(s) rebuilt" if rebuild else "")
+        + (f", {result.repaired} duplicate MLflow run(s) removed" if result.repaired else "")
     )

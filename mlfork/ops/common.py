@@ -91,3 +91,44 @@ def record_body(record: RunRecord) -> str:
     if record.own_overrides:
         lines.append("overrides: " + " ".join(record.own_overrides))
     return "\n".join(lines)
+
+
+MANAGED_KEYS = {
+    "iteration": "the number of the iteration, which mlfork sets for each one",
+}
+
+
+def check_tags(tags: Sequence[str]) -> None:
+    """Refuse (before anything is written) a tag MLflow would refuse, or one that would
+    overwrite a tag of MLflow's or mlfork's own."""
+    from ..adapters.tracking import TAG_VALUE_LIMIT, key_problem
+
+    for tag in tags:
+        key, _, value = tag.partition("=")
+        problem = key_problem(key)
+        if problem is not None:
+            problem = "its key " + problem.removeprefix("it ")
+        elif key.startswith(("mlflow.", "mlfork.")) and key not in naming.OWN_RECORD_TAGS:
+            problem = "keys starting with 'mlflow.' or 'mlfork.' are MLflow's and mlfork's own"
+        elif len(value) > TAG_VALUE_LIMIT:
+            problem = f"its value is longer than MLflow keeps ({TAG_VALUE_LIMIT} characters)"
+        if problem is not None:
+            shown = tag if len(tag) <= 60 else tag[:57] + "..."
+            raise UsageError(f"tag {shown!r} is invalid: {problem} (use --tag KEY or KEY=VALUE)")
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse overrides of what mlfork manages: the `iteration` key, and the policy."""
+    from ..adapters import hydra
+    from ..errors import OverrideError
+
+    for ov in hydra.parse_overrides(list(overrides)):
+        if ov.file is not None:
+            continue
+        if ov.key in MANAGED_KEYS:
+            raise OverrideError(ov.text, f"'{ov.key}' is {MANAGED_KEYS[ov.key]}: leave it out")
+        if ov.key == "mlfork" or ov.key.startswith("mlfork."):
+            raise OverrideError(
+                ov.text, "the 'mlfork' policy is part of the project, not of a run: change it in"
+                " a commit"
+            )

@@ -630,8 +630,7 @@ def common_checkpoint(project: Project, tip_a: str, tip_b: str) -> Checkpoint | 
         t = commit.trailers  # iteration may share a commit time: order by the graph)
         if t is None:
             break
-        if t.is_checkpoint and commit.id in in_a:
-            assert t.iteration is not None and t.step is not None
+        if t.iteration is not None and t.step is not None and commit.id in in_a:
             return Checkpoint(t.run, t.iteration, t.step, commit.id, commit.time)
     return None
 

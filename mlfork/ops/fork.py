@@ -22,13 +22,15 @@ from .common import (
     Event,
     Progress,
     check_new_name,
+    check_overrides,
     check_positive,
+    check_tags,
     next_free_name,
     now_iso,
     quiet,
     runtime_options,
 )
-from .project import MISSING, Composed, Project, dotted_get, record_text
+from .project import MISSING, Composed, Project, ProjectLock, dotted_get, record_text
 from .run import advance
 
 
@@ -79,8 +81,7 @@ def pick_checkpoint(
         if latest is None:
             raise NotFound(f"run '{source}' has no checkpoint yet: run 'mlfork resume {source}'")
         return latest
-    if from_step is None:
-        assert from_iteration is not None
+    if from_step is None and from_iteration is not None:
         found = by_key.get((from_iteration, stages[-1]))
         if found is None:
             span = f"0 to {done[-1]}" if done else "none yet"
@@ -89,12 +90,12 @@ def pick_checkpoint(
                 " pick one of those, or --from-step for a stage inside it"
             )
         return found
-    if from_iteration is None:
+    if from_iteration is None and from_step is not None:
         ran = [c for c in cps if c.step == from_step]
         if not ran:
             raise NotFound(f"stage '{from_step}' never ran in '{source}'")
         return max(ran, key=lambda c: c.iteration)
-    found = by_key.get((from_iteration, from_step))
+    found = by_key.get((from_iteration or 0, from_step or ""))
     if found is None:
         raise NotFound(
             f"stage '{from_step}' did not run in iteration {from_iteration} of '{source}'"
@@ -197,19 +198,21 @@ def branch(
     started = time.perf_counter()
     project = Project.open(path)
     try:
-        return _branch(
-            project, started, source=source, from_iteration=from_iteration,
-            from_step=from_step, name=name, iterations=iterations, tags=tags,
-            inherit_tags=inherit_tags, timeout=timeout, stage_timeout=stage_timeout,
-            switch=switch, run=run, overrides=overrides, argv=argv, progress=progress,
-            echo=echo, timings=timings,
-        )
+        with project.lock(name or "", "branch") as lock:
+            return _branch(
+                project, lock, started, source=source, from_iteration=from_iteration,
+                from_step=from_step, name=name, iterations=iterations, tags=tags,
+                inherit_tags=inherit_tags, timeout=timeout, stage_timeout=stage_timeout,
+                switch=switch, run=run, overrides=overrides, argv=argv, progress=progress,
+                echo=echo, timings=timings,
+            )
     finally:
         project.close()
 
 
 def _branch(
-    project: Project, started: float, *, source: str | None, from_iteration: int | None,
+    project: Project, lock: ProjectLock, started: float, *, source: str | None,
+    from_iteration: int | None,
     from_step: str | None, name: str | None, iterations: int | None, tags: Sequence[str],
     inherit_tags: bool, timeout: float | None, stage_timeout: float | None, switch: bool,
     run: bool, overrides: Sequence[str], argv: Sequence[str], progress: Progress,
@@ -233,6 +236,8 @@ def _branch(
         raise UsageError("--run continues the fork in the workspace: drop --no-switch")
     check_positive("--timeout", timeout)
     check_positive("--stage-timeout", stage_timeout)
+    check_overrides(overrides)
+    check_tags(tags)
     if name is not None:
         check_new_name(project, name)
 
@@ -260,6 +265,7 @@ def _branch(
 
     name = name or next_free_name(project, f"{src}-fork")
     check_new_name(project, name)
+    lock.run = name
     current = lineage.current_run(project)
     extra = _handoff_files(policy)
     if switch:
@@ -285,6 +291,8 @@ def _branch(
     )
     from . import manifest  # the parent's manifest was made in another environment: warn
 
+    for message in fork_cfg.warnings:
+        progress(Event("warning", name, message=message))
     for message in manifest.drift_warnings(git.read(cp.commit, naming.REPLAY_MANIFEST)):
         progress(Event("warning", name, message=message))
     try:
@@ -317,25 +325,25 @@ def _branch(
             raise
         _mirror(project, name, progress, timings, started)
         return result
+
     def note(message: str) -> None:
         progress(Event("note", name, message=message))
 
-    with project.lock(name, "branch") as lock:
-        workspace.settle(project, lock, run=current, extra=extra, note=note)
+    workspace.settle(project, lock, run=current, extra=extra, note=note)
+    with workspace.guarded(project, lock) as guard:
+        git.create_branch(fork_branch, cp.commit)  # the race is decided here
+        guard.created_branch(fork_branch)
+        result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
+        workspace.switch(project, guard, lock, fork_branch, required=required, note=note)
+    lock.idle()
+    result.switched = True
+    _mirror(project, name, progress, timings, started)
+    if run:
         with workspace.guarded(project, lock) as guard:
-            git.create_branch(fork_branch, cp.commit)  # the race is decided here
-            guard.created_branch(fork_branch)
-            result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
-            workspace.switch(project, guard, lock, fork_branch, required=required, note=note)
-        lock.idle()
-        result.switched = True
-        _mirror(project, name, progress, timings, started)
-        if run:
-            with workspace.guarded(project, lock) as guard:
-                result.run = advance(
-                    project, name, lock=lock, guard=guard, target=budget, progress=progress,
-                    echo=echo, signature=sig, argv=argv,
-                )
+            result.run = advance(
+                project, name, lock=lock, guard=guard, target=budget, progress=progress,
+                echo=echo, signature=sig, argv=argv,
+            )
     return result
 
 

@@ -55,6 +55,7 @@ class Composed:
     config: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
     data: dict[str, dict[str, Any]] = field(default_factory=dict)  # parsed, by file
+    warnings: list[str] = field(default_factory=list)  # keys that call a resolver
 
 
 class Project:
@@ -186,6 +187,13 @@ class Project:
             with tempfile.TemporaryDirectory(prefix="mlfork-conf-") as tmp:
                 self.git.export_dir(rev, naming.CONF_DIR, Path(tmp))
                 config = hydra.compose(Path(tmp), main, naming.CONF_NAME)
+                for path in sorted(Path(tmp).rglob("*.yaml")):
+                    rel = f"{naming.CONF_DIR}/{path.relative_to(tmp).as_posix()}"
+                    for key, resolver in hydra.resolver_uses(path.read_bytes()):
+                        out.warnings.append(
+                            f"{rel}: '{key}' calls the resolver '{resolver}': its value is"
+                            " read on this machine and committed in params.yaml and MLflow"
+                        )
             config.pop("mlfork", None)
             if "iteration" in config and iteration is not None:
                 config["iteration"] = iteration
@@ -216,7 +224,8 @@ class Project:
         out.config = config
         out.data[naming.PARAMS_FILE] = config
         for file, items in sorted(by_file.items(), key=lambda kv: str(kv[0])):
-            assert file is not None
+            if file is None:
+                continue
             raw = self.git.read(rev, file)
             if raw is None:
                 raise OverrideError(
@@ -288,46 +297,65 @@ class Project:
             known = self.strays() | paths
             self.local("strays.json").write_text(json.dumps(sorted(known)), encoding="utf-8")
 
+    @property
+    def lock_path(self) -> Path:
+        """The project lock: in the worktree's git directory, so that taking it changes
+        nothing in the working tree (a refused command leaves it byte for byte)."""
+        return self.git.git_dir / naming.lock_name(self.git.prefix)
+
+    def _lock_payload(self) -> dict[str, Any]:
+        try:
+            loaded = json.loads(self.lock_path.read_text("utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
     def last_work(self) -> dict[str, Any] | None:
         """What the last holder of the lock was in the middle of (a stage, a switch) if it
         died there, read without taking the lock; None if it finished cleanly."""
-        try:
-            loaded = json.loads((self.root / naming.LOCK_FILE).read_text("utf-8") or "{}")
-        except (OSError, ValueError):
-            return None
-        work = loaded.get("working") if isinstance(loaded, dict) else None
+        payload = self._lock_payload()
+        if _alive(payload):
+            return None  # still at work: not leftovers
+        work = payload.get("working")
         return dict(work) if isinstance(work, dict) else None
 
     def lock_holder(self) -> dict[str, Any]:
-        """Who holds the project lock right now ({} if nobody)."""
-        path = self.root / naming.LOCK_FILE
-        if not path.exists():
-            return {}
-        try:
-            fh = open(path, "a+")  # noqa: SIM115
-        except OSError:
-            return {}
-        with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.seek(0)
-                try:
-                    return dict(json.loads(fh.read() or "{}"))
-                except ValueError:
-                    return {"pid": 0}
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        return {}
+        """Who holds the project lock right now ({} if nobody). Reads the holder's record
+        and checks that its process lives: a reader never takes the lock."""
+        payload = self._lock_payload()
+        return payload if _alive(payload) else {}
 
     @contextmanager
     def lock(self, run: str, command: str) -> Iterator[ProjectLock]:
-        """One mlfork writer per project. The OS drops the lock when the holder dies."""
-        path = self.local("lock")
+        """One mlfork writer per project, from a command's first check to its last write.
+        Re-entrant within a process: an operation that calls another (verify forks and
+        resumes) holds it once. The OS drops the lock when the holder dies."""
+        path = self.lock_path
+        key = str(path)
+        if key in _HELD:
+            held = _HELD[key]
+            outer = (held.run, held.command)
+            held.run, held.command, held.depth = run, command, held.depth + 1
+            held.update()
+            try:
+                yield held
+            finally:
+                held.run, held.command = outer
+                held.depth -= 1
+                held.update()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "a+")  # noqa: SIM115
         try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:  # a short command (a fork) holding it is waited for, briefly
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
                 fh.seek(0)
                 try:
                     holder = json.loads(fh.read() or "{}")
@@ -346,17 +374,42 @@ class Project:
             lock = ProjectLock(fh, run, command, previous)
             lock.reap_orphans(previous)
             lock.update()
-            yield lock
-            lock.idle()
+            _HELD[key] = lock
+            try:
+                yield lock
+                lock.idle()
+            finally:
+                del _HELD[key]
         finally:
             fh.close()
 
 
+_HELD: dict[str, ProjectLock] = {}  # lock path -> the lock this process holds
+LOCK_WAIT = 5.0  # seconds a command waits for another one's lock before it refuses
+
+
+def _alive(payload: dict[str, Any]) -> bool:
+    """Is the process a lock record names still running (the same process, not a reused
+    pid)?"""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(payload.get("pid") or 0))
+        started = float(payload.get("started") or 0)
+        return proc.pid > 0 and (not started or abs(proc.create_time() - started) < 0.01)
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
 class ProjectLock:
     def __init__(self, fh: Any, run: str, command: str, previous: str = "") -> None:
+        import psutil
+
         self._fh = fh
         self.run = run
         self.command = command
+        self.depth = 0
+        self.started = psutil.Process().create_time()
         self.children: list[tuple[int, float]] = []
         self.working: dict[str, Any] | None = None
         try:
@@ -377,6 +430,7 @@ class ProjectLock:
             self.children = children
         payload = {
             "pid": os.getpid(),
+            "started": self.started,
             "run": self.run,
             "command": self.command,
             "children": self.children,

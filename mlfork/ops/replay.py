@@ -40,8 +40,8 @@ from .project import Project, record_text
 from .run import advance
 
 # Run-record tags (mirrored to MLflow as tags of the same name) naming what a run replays.
-TAG_REPLAY_OF = "mlfork.replay_of"
-TAG_REPLAY_ITERATION = "mlfork.replay_iteration"
+TAG_REPLAY_OF = naming.TAG_REPLAY_OF
+TAG_REPLAY_ITERATION = naming.TAG_REPLAY_ITERATION
 
 DatasetStatus = Literal["match", "mismatch", "missing"]
 
@@ -459,6 +459,26 @@ def launch(
     PYTHONHASHSEED, DVC's run cache off; then compare every iteration with the original.
     Environment drift warns; a dataset that differs refuses (DatasetMismatch) unless
     `force`. The workspace ends on the replay's branch, as after `mlfork run`."""
+    project = Project.open(path)
+    try:  # one lock over the whole replay: the start or fork, the resume, the comparison
+        with project.lock(run or "", "replay"):
+            return _launch(path=path, run=run, iteration=iteration, force=force, name=name,
+                           progress=progress, echo=echo, argv=argv)
+    finally:
+        project.close()
+
+
+def _launch(
+    *,
+    path: str | os.PathLike[str],
+    run: str | None,
+    iteration: int | None,
+    force: bool,
+    name: str | None,
+    progress: Progress,
+    echo: bool,
+    argv: Sequence[str],
+) -> ReplayResult:
     from .fork import branch
     from .run import resume
 
@@ -476,8 +496,7 @@ def launch(
                 f"{len(bad)} dataset(s) differ from what '{p.original}' used ({bad[0].line()}):"
                 " nothing was launched; restore the data, or pass --force to replay anyway"
             )
-        if p.kind == "fork":
-            assert p.fork_from is not None
+        if p.fork_from is not None:
             moved = _fork_point_moved(project, p.fork_from["run"], p.fork_from["iteration"],
                                       p.fork_from["step"], p.start_commit)
             if moved:
@@ -494,10 +513,9 @@ def launch(
                   " manifest's: " + "; ".join(p.config_changes[:5])))
     tags = [f"{TAG_REPLAY_OF}={p.original}", f"{TAG_REPLAY_ITERATION}={p.iteration}"]
     seed = p.pythonhashseed or None
-    if p.kind == "run":
+    if p.fork_from is None:  # a root run: from its base commit
         result = _start_at(path, p, tags, say, echo, argv, seed)
     else:
-        assert p.fork_from is not None
         mid_iteration = p.first_iteration == p.fork_from["iteration"]  # forked after a stage
         forked = branch(
             path=path, source=p.fork_from["run"], from_iteration=p.fork_from["iteration"],

@@ -54,21 +54,21 @@ def rm(*, path: str | os.PathLike[str] = ".", run: str, force: bool = False) -> 
     project = Project.open(path, require_dvc=False)
     try:
         name = naming.run_from_ref(run) or run
-        names = lineage.run_names(project)
-        if name not in names:
-            raise UnknownRun(run, names)
-        if lineage.current_run(project) == name:
-            raise UsageError(
-                f"run '{name}' is checked out: switch to another branch first"
-                " ('git switch main'), then remove it"
-            )
-        forks = dependents(project, name)
-        if forks and not force:
-            raise UsageError(
-                f"{len(forks)} run(s) fork '{name}' ({', '.join(forks[:8])}): remove them"
-                " first, or pass --force (they keep its commits in their history)"
-            )
         with project.lock(name, "rm"):
+            names = lineage.run_names(project)
+            if name not in names:
+                raise UnknownRun(run, names)
+            if lineage.current_run(project) == name:
+                raise UsageError(
+                    f"run '{name}' is checked out: switch to another branch first"
+                    " ('git switch main'), then remove it"
+                )
+            forks = dependents(project, name)
+            if forks and not force:
+                raise UsageError(
+                    f"{len(forks)} run(s) fork '{name}' ({', '.join(forks[:8])}): remove them"
+                    " first, or pass --force (they keep its commits in their history)"
+                )
             tip = lineage.tip(project, name)
             result = RmResult(run=name, branch=naming.branch_name(name), tip=tip, forks=forks)
             remove(project, name, on_warning=result.warnings.append, result=result)

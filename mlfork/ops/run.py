@@ -33,7 +33,9 @@ from .common import (
     Event,
     Progress,
     check_new_name,
+    check_overrides,
     check_positive,
+    check_tags,
     dedupe,
     int_or,
     next_free_name,
@@ -115,73 +117,86 @@ def start(
     echo: bool = False,
 ) -> RunResult:
     """Create `mlfork/<name>` at HEAD, switch to it, commit the run record, run iterations.
-    Everything is checked before the first write; a failure before the first checkpoint
-    leaves the repository and the workspace as they were."""
-    from ..adapters import hydra
-
+    Everything is checked before the first write, under the project lock; a failure
+    before the first checkpoint leaves the repository and the workspace as they were."""
     project = Project.open(path)
     try:
-        git = project.git
-        sig = git.signature()
-        name = next_free_name(project) if name is None else name
-        check_new_name(project, name)
-        head = git.head_commit()
-        if head is None:
-            raise ProjectError("the repository has no commit yet: commit the project first")
-        if iterations is not None and iterations < 1:
-            raise UsageError(f"--iterations must be 1 or more, got {iterations}")
-        check_positive("--timeout", timeout)
-        check_positive("--stage-timeout", stage_timeout)
-        overrides = list(overrides)
-        hydra.parse_overrides(overrides)
-        refuse_on_a_run(project)
-        plan = _plan_start(project, head, overrides, iterations)
-        workspace.check(project, plan.pipeline, run=None)
-        base_branch = git.head_branch()
-
-        for message in plan.warnings:
-            progress(Event("warning", name, message=message))
-        with project.lock(name, "run") as lock:
-            workspace.settle(project, lock, run=None, note=_noter(progress, name))
-            with workspace.guarded(project, lock) as guard:
-                policy = plan.policy
-                resume = _handoff(policy)
-                guard.save(
-                    workspace.output_paths(plan.pipeline)
-                    + sorted(workspace.owned_paths(plan.pipeline, resume))
-                    + list(project.compose(head, overrides, 0, plan.budget).files)
-                    + list(resume)
-                    + [_gitignore_of(p) for p in resume],
-                    plan.pipeline,
-                )
-                workspace.ensure_inputs(project, plan.missing, "a stage needs it",
-                                        _noter(progress, name))
-                project.dvc.checkout(plan.absent)
-                record = RunRecord(
-                    name=name, iterations=plan.budget, overrides=overrides,
-                    own_overrides=overrides,
-                    options=runtime_options(plan.config, timeout, stage_timeout),
-                    tags=dedupe(tags), argv=list(argv), created=now_iso(), base_commit=head,
-                    base_branch=base_branch, stages=plan.pipeline.stage_names,
-                )
-                branch = naming.branch_name(name)
-                git.create_branch(branch, head)
-                guard.created_branch(branch)
-                git.set_head(branch)
-                project.write_record(record)
-                git.commit_paths(
-                    branch, [naming.RUN_RECORD],
-                    naming.format_record_message(name, "start run", record_body(record)),
-                    parent=head, signature=sig,
-                )
-                retry = shlex.join(argv) if argv else f"mlfork run --name {name}"
-                result = advance(
-                    project, name, lock=lock, guard=guard, target=plan.budget,
-                    progress=progress, echo=echo, argv=argv, signature=sig, retry=retry,
-                )
-            return result
+        with project.lock(name or "", "run") as lock:
+            return _start(
+                project, lock, name=name, iterations=iterations, timeout=timeout,
+                stage_timeout=stage_timeout, tags=tags, overrides=overrides, argv=argv,
+                progress=progress, echo=echo,
+            )
     finally:
         project.close()
+
+
+def _start(
+    project: Project, lock: ProjectLock, *, name: str | None, iterations: int | None,
+    timeout: float | None, stage_timeout: float | None, tags: Sequence[str],
+    overrides: Sequence[str], argv: Sequence[str], progress: Progress, echo: bool,
+) -> RunResult:
+    from ..adapters import hydra
+
+    git = project.git
+    sig = git.signature()
+    name = next_free_name(project) if name is None else name
+    check_new_name(project, name)
+    lock.run = name
+    head = git.head_commit()
+    if head is None:
+        raise ProjectError("the repository has no commit yet: commit the project first")
+    if iterations is not None and iterations < 1:
+        raise UsageError(f"--iterations must be 1 or more, got {iterations}")
+    check_positive("--timeout", timeout)
+    check_positive("--stage-timeout", stage_timeout)
+    overrides = list(overrides)
+    hydra.parse_overrides(overrides)
+    check_overrides(overrides)
+    check_tags(tags)
+    refuse_on_a_run(project)
+    plan = _plan_start(project, head, overrides, iterations)
+    workspace.check(project, plan.pipeline, run=None)
+    base_branch = git.head_branch()
+    for message in plan.warnings:
+        progress(Event("warning", name, message=message))
+
+    workspace.settle(project, lock, run=None, note=_noter(progress, name))
+    with workspace.guarded(project, lock) as guard:
+        resume = _handoff(plan.policy)
+        guard.save(
+            workspace.output_paths(plan.pipeline)
+            + sorted(workspace.owned_paths(plan.pipeline, resume))
+            + list(project.compose(head, overrides, 0, plan.budget).files)
+            + list(resume)
+            + [_gitignore_of(p) for p in resume],
+            plan.pipeline,
+        )
+        workspace.ensure_inputs(project, plan.missing, "a stage needs it",
+                                _noter(progress, name))
+        project.dvc.checkout(plan.absent)
+        record = RunRecord(
+            name=name, iterations=plan.budget, overrides=overrides, own_overrides=overrides,
+            options=runtime_options(plan.config, timeout, stage_timeout),
+            tags=dedupe(tags), argv=list(argv), created=now_iso(), base_commit=head,
+            base_branch=base_branch, stages=plan.pipeline.stage_names,
+        )
+        branch = naming.branch_name(name)
+        git.create_branch(branch, head)
+        guard.created_branch(branch)
+        git.set_head(branch)
+        project.write_record(record)
+        git.commit_paths(
+            branch, [naming.RUN_RECORD],
+            naming.format_record_message(name, "start run", record_body(record)),
+            parent=head, signature=sig,
+        )
+        retry = shlex.join(argv) if argv else f"mlfork run --name {name}"
+        result = advance(
+            project, name, lock=lock, guard=guard, target=plan.budget, progress=progress,
+            echo=echo, argv=argv, signature=sig, retry=retry,
+        )
+    return result
 
 
 def _plan_start(
@@ -197,7 +212,7 @@ def _plan_start(
         raise ConfigError(f"the config's 'iterations' is {budget}: give --iterations N (1 or"
                           " more)")
     policy = project.policy(head)
-    plan = Plan(overrides, budget, config, pipeline, policy)
+    plan = Plan(overrides, budget, config, pipeline, policy, warnings=list(composed.warnings))
     plan.absent = workspace.absent_inputs(project, pipeline)
     plan.missing = project.dvc.missing_from_cache(plan.absent) if plan.absent else []
     if plan.missing and project.dvc.default_remote() is None:
@@ -230,42 +245,52 @@ def resume(
     stage. `force` runs every stage even when DVC finds it up to date (replay, verify)."""
     project = Project.open(path)
     try:
-        sig = project.git.signature()
-        name = lineage.resolve_run(project, run)
-        if iterations is not None and iterations < 1:
-            raise UsageError(f"--iterations must be 1 or more, got {iterations}")
-        check_positive("--timeout", timeout)
-        check_positive("--stage-timeout", stage_timeout)
-        rec = lineage.record(project, name)
-        extra = _handoff(project.policy(lineage.tip(project, name)))
-        current = lineage.current_run(project)
-        workspace.check(project, project.pipeline(), run=current, extra=extra)
-        with project.lock(name, "resume") as lock:
-            workspace.settle(project, lock, run=current, extra=extra,
-                             note=_noter(progress, name))
-            with workspace.guarded(project, lock) as guard:
-                if current != name:
-                    workspace.switch(project, guard, lock, naming.branch_name(name),
-                                     note=_noter(progress, name))
-                    lock.idle()
-                rev = lineage.tip(project, name)
-                rec = lineage.record(project, name, rev)
-                done = lineage.position(project, rev).done(rec.stages)
-                target = rec.iterations if iterations is None else done + iterations
-                from . import manifest  # the environment differs from the last manifest's
-
-                for message in manifest.drift_warnings(project.git.read(rev,
-                                                                        naming.REPLAY_MANIFEST)):
-                    progress(Event("warning", name, message=message))
-                result = advance(
-                    project, name, lock=lock, guard=guard, target=target, progress=progress,
-                    echo=echo, timeout=timeout, stage_timeout=stage_timeout,
-                    run_cache=run_cache, force=force, signature=sig, argv=argv,
-                    pythonhashseed=pythonhashseed,
-                )
-            return result
+        with project.lock(run or "", "resume") as lock:
+            name = lineage.resolve_run(project, run)
+            lock.run = name
+            return _resume(
+                project, lock, name, iterations=iterations, timeout=timeout,
+                stage_timeout=stage_timeout, progress=progress, echo=echo,
+                run_cache=run_cache, force=force, argv=argv, pythonhashseed=pythonhashseed,
+            )
     finally:
         project.close()
+
+
+def _resume(
+    project: Project, lock: ProjectLock, name: str, *, iterations: int | None,
+    timeout: float | None, stage_timeout: float | None, progress: Progress, echo: bool,
+    run_cache: bool, force: bool, argv: Sequence[str], pythonhashseed: str | None,
+) -> RunResult:
+    sig = project.git.signature()
+    if iterations is not None and iterations < 1:
+        raise UsageError(f"--iterations must be 1 or more, got {iterations}")
+    check_positive("--timeout", timeout)
+    check_positive("--stage-timeout", stage_timeout)
+    lineage.record(project, name)
+    extra = _handoff(project.policy(lineage.tip(project, name)))
+    current = lineage.current_run(project)
+    workspace.check(project, project.pipeline(), run=current, extra=extra)
+    workspace.settle(project, lock, run=current, extra=extra, note=_noter(progress, name))
+    with workspace.guarded(project, lock) as guard:
+        if current != name:
+            workspace.switch(project, guard, lock, naming.branch_name(name),
+                             note=_noter(progress, name))
+            lock.idle()
+        rev = lineage.tip(project, name)
+        rec = lineage.record(project, name, rev)
+        done = lineage.position(project, rev).done(rec.stages)
+        target = rec.iterations if iterations is None else done + iterations
+        from . import manifest  # the environment differs from the last manifest's: warn
+
+        for message in manifest.drift_warnings(project.git.read(rev, naming.REPLAY_MANIFEST)):
+            progress(Event("warning", name, message=message))
+        result = advance(
+            project, name, lock=lock, guard=guard, target=target, progress=progress,
+            echo=echo, timeout=timeout, stage_timeout=stage_timeout, run_cache=run_cache,
+            force=force, signature=sig, argv=argv, pythonhashseed=pythonhashseed,
+        )
+    return result
 
 
 def _handoff(policy: Policy) -> tuple[str, ...]:
@@ -432,7 +457,7 @@ def advance(
             stamp = git.commit(state.rev).time * 1000
             mirror.send(track.RunWrite(
                 run=name, experiment=experiment, start_time=track.iso_to_ms(rec.created),
-                tags={naming.TAG_GIT_COMMIT: state.rev, "mlfork.budget": str(rec.iterations)},
+                tags={naming.TAG_GIT_COMMIT: state.rev, naming.TAG_BUDGET: str(rec.iterations)},
                 params={} if params_sent else track.run_params(project, state.rev),
                 metrics=[[k, v, stamp, it] for k, v in sorted(metrics.items())],
                 status="FINISHED" if finished else None,

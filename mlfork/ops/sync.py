@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..adapters.tracking import Tracker, redact_uri
+from ..adapters.tracking import BrokenStore, Tracker, check_sqlite_store, redact_uri, sqlite_path
 from . import lineage, track
 from .project import Project
 
@@ -16,6 +18,9 @@ class SyncResult:
     delivered: int = 0
     runs: list[str] = field(default_factory=list)
     deleted: int = 0
+    repaired: int = 0  # duplicate MLflow runs of one mlfork run, deleted
+    moved_aside: str | None = None  # a broken embedded store, moved aside by --rebuild
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -28,16 +33,28 @@ def sync(path: str | os.PathLike[str] = ".", rebuild: bool = False) -> SyncResul
     names = lineage.run_names(project)
     head = project.git.head_commit()
     uri = track.tracking_uri(project, head)
-    tracker = Tracker(uri)
     result = SyncResult(uri=redact_uri(uri))
+    db = sqlite_path(uri)
+    if rebuild and db is not None:
+        try:
+            check_sqlite_store(Path(db))
+        except BrokenStore:  # keep it for inspection, and start a new one from git
+            aside = Path(db).with_name(f"{Path(db).name}.broken-{time.strftime('%Y%m%d%H%M%S')}")
+            os.replace(db, aside)
+            result.moved_aside = str(aside)
+    tracker = Tracker(uri)
     result.delivered = track.flush(project, tracker)
     writes = [track.full_write(project, name) for name in _parents_first(project, names)]
-    if rebuild:
-        for experiment in sorted({w.experiment for w in writes}):
+    experiments = sorted({w.experiment for w in writes})
+    for experiment in experiments:
+        if rebuild:
             result.deleted += tracker.delete_experiment_runs(experiment)
+        else:
+            result.repaired += tracker.repair_duplicates(experiment)
     for write in writes:
         tracker.write(write)
         result.runs.append(write.run)
+    result.warnings = list(tracker.warnings)
     return result
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import naming
-from ..adapters.tracking import RunWrite, Tracker, default_uri
+from ..adapters.tracking import RunWrite, Tracker, Undeliverable, default_uri
 from ..errors import TrackingError
 from ..models import Checkpoint, RunRecord
 from . import lineage
@@ -187,8 +187,8 @@ def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:
         naming.TAG_GIT_COMMIT: rev,
         naming.TAG_GIT_BRANCH: naming.branch_name(rec.name),
         naming.TAG_RUN_NAME: rec.name,
-        "mlfork.overrides": json.dumps(rec.overrides),
-        "mlfork.budget": str(rec.iterations),
+        naming.TAG_OVERRIDES: json.dumps(rec.overrides),
+        naming.TAG_BUDGET: str(rec.iterations),
     }
     tags.update(lineage_tags(project, rec))
     tags.update(user_tags(rec.tags))
@@ -232,11 +232,12 @@ class Mirror:
         """Deliver (or queue, in the background mode) one write; False if it was parked."""
         if not self.background:
             return self._deliver(write)
-        if self._worker is None:
+        if self._worker is None or self._queue is None:
             self._queue = queue.Queue()
-            self._worker = threading.Thread(target=self._drain, name="mlfork-mirror", daemon=True)
+            self._worker = threading.Thread(
+                target=self._drain, args=(self._queue,), name="mlfork-mirror", daemon=True
+            )
             self._worker.start()
-        assert self._queue is not None
         self._queue.put(write)
         return True
 
@@ -246,10 +247,14 @@ class Mirror:
             self._worker.join()
             self._worker = None
 
-    def _drain(self) -> None:
-        assert self._queue is not None
-        while (write := self._queue.get()) is not None:
+    def _drain(self, writes: queue.Queue[RunWrite | None]) -> None:
+        while (write := writes.get()) is not None:
             self._deliver(write)
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.on_warning is not None:
+            self.on_warning(message)
 
     def _deliver(self, write: RunWrite) -> bool:
         if not self._down:
@@ -257,24 +262,33 @@ class Mirror:
                 flush(self.project, self.tracker)
                 self.tracker.write(write)
                 return True
+            except Undeliverable as exc:  # this write, not the store: set it aside
+                path = park(self.project, write, bad=True)
+                self._warn(f"{exc}; the write was set aside as {path.name} (git has it all)")
+                return False
             except Exception as exc:  # TrackingError, or MLflow failing to even import
                 self._down = True
                 if not isinstance(exc, TrackingError):
                     exc = TrackingError(f"the tracking store could not be used: {exc!r}")
-                message = (
+                self._warn(
                     f"{exc}; the iteration is committed and its tracking write waits in the"
                     " outbox: run 'mlfork sync' when the store is back"
                 )
-                self.warnings.append(message)
-                if self.on_warning is not None:
-                    self.on_warning(message)
+            finally:
+                for message in self.tracker.warnings if self._tracker is not None else []:
+                    self._warn(message)
+                if self._tracker is not None:
+                    self._tracker.warnings.clear()
         park(self.project, write)
         return False
 
 
-def park(project: Project, write: RunWrite) -> None:
-    path = project.local("outbox", f"{time.time_ns():020d}-{write.run}.json")
+def park(project: Project, write: RunWrite, bad: bool = False) -> Any:
+    """Put a write in the outbox (`bad`: set aside, never delivered, kept to inspect)."""
+    name = f"{time.time_ns():020d}-{write.run}.{'bad' if bad else 'json'}"
+    path = project.local("outbox", name)
     path.write_text(json.dumps(write.to_dict(), sort_keys=True), encoding="utf-8")
+    return path
 
 
 def outbox_run(path: Any) -> str:
@@ -288,15 +302,30 @@ def pending(project: Project) -> list[Any]:
 
 
 def flush(project: Project, tracker: Tracker) -> int:
-    """Deliver the outbox in order; each delivered write leaves it. Raises TrackingError."""
+    """Deliver the outbox in order; each delivered write leaves it. A write the store can
+    never take (unreadable, or refused for what it holds) is set aside as `.bad` with a
+    warning in `tracker.warnings`, and never blocks the others. Raises TrackingError when
+    the store cannot be reached."""
     delivered = 0
     for path in pending(project):
         try:
             write = RunWrite.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError) as exc:
             path.rename(path.with_suffix(".bad"))  # kept for inspection, never retried
+            tracker.warnings.append(
+                f"outbox entry {path.name} is unreadable ({exc}): set aside as"
+                f" {path.with_suffix('.bad').name}"
+            )
             continue
-        tracker.write(write)
+        try:
+            tracker.write(write)
+        except Undeliverable as exc:
+            path.rename(path.with_suffix(".bad"))
+            tracker.warnings.append(
+                f"{exc}: outbox entry {path.name} set aside as {path.with_suffix('.bad').name}"
+                " (git has it all)"
+            )
+            continue
         path.unlink()
         delivered += 1
     return delivered

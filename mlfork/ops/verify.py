@@ -17,8 +17,7 @@ from .divergence import Comparison, compare, iteration_span
 from .project import Project
 from .replay import Once
 
-TAG_VERIFY_OF = "mlfork.verify_of"
-VERIFY_STEM = "{run}-verify"
+TAG_VERIFY_OF = naming.TAG_VERIFY_OF
 
 
 @dataclass
@@ -66,6 +65,27 @@ def verify(
     DVC's run cache off, and compare those iterations with the run's. The checked-out
     branch and its DVC outputs are restored at the end; the scratch fork (branch, MLflow
     run, local state) is removed unless `keep`."""
+    project = Project.open(path)
+    try:  # one lock over the whole check: the fork, its resume and the way back
+        with project.lock(run or "", "verify"):
+            return _verify(path=path, run=run, from_iteration=from_iteration,
+                           iterations=iterations, keep=keep, progress=progress, echo=echo,
+                           argv=argv)
+    finally:
+        project.close()
+
+
+def _verify(
+    *,
+    path: str | os.PathLike[str],
+    run: str | None,
+    from_iteration: int,
+    iterations: int | None,
+    keep: bool,
+    progress: Progress,
+    echo: bool,
+    argv: Sequence[str],
+) -> VerifyResult:
     from .fork import branch
     from .run import resume
 
@@ -107,7 +127,7 @@ def verify(
         from . import workspace
 
         workspace.check(project, project.pipeline(), run=lineage.current_run(project))
-        scratch = next_free_name(project, VERIFY_STEM.format(run=src))
+        scratch = next_free_name(project, naming.verify_stem(src))
         check_new_name(project, scratch)
         seed = _pythonhashseed(project, ends[n + 1].commit)
         original_rev = ends[n + k].commit
@@ -116,7 +136,6 @@ def verify(
 
     created = False
     warnings: list[str] = []
-    comparison: Comparison | None = None
     try:
         branch(
             path=path, source=src, from_iteration=n, name=scratch, iterations=k,
@@ -135,7 +154,6 @@ def verify(
             project.close()
     finally:
         warnings = _put_back(path, previous, scratch, created, keep, say)
-    assert comparison is not None
     return VerifyResult(
         run=src, from_iteration=n, iterations=k, scratch=scratch, kept=keep and created,
         comparison=comparison, warnings=warnings,

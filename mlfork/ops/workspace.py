@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import naming
-from ..errors import DirtyWorkingTree
+from ..errors import DirtyWorkingTree, GitError
 from ..models import Pipeline
 from .project import Project, ProjectLock
 
@@ -133,6 +133,7 @@ def settle(
             project.git.restore(found.dvc)
             project.dvc.reset()
         project.dvc.checkout(output_paths(project.pipeline()))
+        lock.previous.pop("working", None)  # handled: a nested command must not redo it
         lock.idle()
         return None
     found = check(project, pipeline, run=run, extra=extra)
@@ -152,7 +153,9 @@ def record_repro(
     git = project.git
     branch = naming.branch_name(run)
     parent = git.resolve_branch(branch)
-    assert parent is not None
+    if parent is None:
+        raise GitError(f"branch '{branch}' is gone: the plain 'dvc repro' results stay"
+                       " uncommitted in the workspace")
     paths = sorted(set(found.dvc) | {
         p for p in found.outputs if not git.is_ignored(p) and p not in project.strays()
     })
@@ -369,7 +372,8 @@ def switch(
     checkpoint hand-off): MissingData names the `dvc pull` to run."""
     git = project.git
     target = git.resolve_branch(branch)
-    assert target is not None
+    if target is None:
+        raise GitError(f"branch '{branch}' does not exist: nothing to switch to")
     pipeline = project.pipeline()
     status = git.status()
     outputs = output_paths(pipeline)
