@@ -27,6 +27,10 @@ PARAMS_FILE = "params.yaml"
 CONF_DIR = "conf"
 CONF_NAME = "config"
 
+# Environment variables mlfork gives a stage.
+ENV_RUN = "MLFORK_RUN"  # the run the stage belongs to
+ENV_STAGE = "MLFORK_STAGE"  # marks the stage's processes (the watchdog signals them alone)
+
 # Commit trailers.
 TRAILER_RUN = "Mlfork-Run"
 TRAILER_ITERATION = "Mlfork-Iteration"

@@ -57,7 +57,12 @@ def test_command_help(tmp_path: Path, command: str) -> None:
 def test_unknown_command(tmp_path: Path) -> None:
     proc = cli(tmp_path, "frobnicate")
     assert proc.returncode == 2
-    assert "No such command 'frobnicate'" in proc.stderr
+    assert proc.stderr == (
+        "mlfork: error: unknown command 'frobnicate': ('mlfork --help' lists the commands)\n"
+    )
+    typo = cli(tmp_path, "brnch")
+    assert typo.returncode == 2
+    assert "unknown command 'brnch': did you mean 'branch'?" in typo.stderr
 
 
 def test_version(tmp_path: Path) -> None:

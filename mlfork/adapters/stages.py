@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import naming
 from ..errors import MlforkError
 from .dvc import DvcProject, _cwd, quiet_dvc
 
 GRACE = 5.0  # seconds a stage gets to stop after Ctrl-C, then after SIGINT
+STAGE_ENV = naming.ENV_STAGE
 T = TypeVar("T")
 
 
@@ -69,13 +71,18 @@ def run_stage(
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    watchdog = _Watchdog(deadline, on_children)
+    # the stage's processes carry this mark in their environment: the watchdog and Ctrl-C
+    # signal them alone, never another child of the process mlfork runs in
+    token = f"{os.getpid()}-{time.monotonic_ns()}"
+    env = {**env, STAGE_ENV: token}
+    watchdog = _Watchdog(deadline, on_children, token)
     try:
         with _cwd(dvc.root), _capture_fds(log_path, tail, echo), watchdog, quiet_dvc():
             result = _interruptible(
                 lambda: dvc.repo.reproduce(
                     name, single_item=True, run_cache=run_cache, run_env=env, force=force
-                )
+                ),
+                token,
             )
     except DvcException as exc:
         text = "".join(str(e) + "\n" for e in _chain(exc))
@@ -102,10 +109,12 @@ class _Watchdog:
     child pids so that a later `mlfork resume` can wait for orphans of a killed mlfork."""
 
     def __init__(
-        self, deadline: float | None, on_children: Callable[[list[tuple[int, float]]], None] | None
+        self, deadline: float | None,
+        on_children: Callable[[list[tuple[int, float]]], None] | None, token: str,
     ) -> None:
         self.deadline = deadline
         self.on_children = on_children
+        self.token = token
         self.fired = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -127,7 +136,7 @@ class _Watchdog:
         known: list[tuple[int, float]] = []
         while not self._stop.wait(0.05):
             try:
-                children = me.children(recursive=True)
+                children = stage_processes(self.token, me)
                 pids = sorted((c.pid, c.create_time()) for c in children)
             except psutil.Error:
                 continue
@@ -139,7 +148,7 @@ class _Watchdog:
                 _signal_children(signal.SIGKILL, children)
 
 
-def _interruptible(call: Callable[[], T]) -> T:
+def _interruptible(call: Callable[[], T], token: str) -> T:
     """Run `call` (a DVC reproduce) so that Ctrl-C reaches mlfork whatever the stage does.
 
     On the main thread DVC sets SIGINT to "ignore" while a stage command runs, so mlfork
@@ -178,7 +187,7 @@ def _interruptible(call: Callable[[], T]) -> T:
             interrupted = True
             continue
         if due is not None and not done.is_set() and time.monotonic() >= due:
-            _signal_children(escalate.pop(0))
+            _signal_children(escalate.pop(0), stage_processes(token))
             due = time.monotonic() + GRACE if escalate else None
     if interrupted:
         raise KeyboardInterrupt
@@ -187,11 +196,23 @@ def _interruptible(call: Callable[[], T]) -> T:
     return box["result"]
 
 
-def _signal_children(sig: int, children: list[Any] | None = None) -> None:
-    """Send `sig` to `children` (psutil processes; default: every descendant of ours)."""
+def stage_processes(token: str, me: Any = None) -> list[Any]:
+    """Our descendants that belong to the stage marked `token` (psutil processes)."""
     import psutil
 
-    for child in psutil.Process().children(recursive=True) if children is None else children:
+    found = []
+    for child in (me or psutil.Process()).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get(STAGE_ENV) == token:
+                found.append(child)
+    return found
+
+
+def _signal_children(sig: int, children: list[Any]) -> None:
+    """Send `sig` to `children` (psutil processes)."""
+    import psutil
+
+    for child in children:
         with contextlib.suppress(psutil.Error):
             child.send_signal(sig)
 

@@ -312,7 +312,10 @@ class Project:
 
     def last_work(self) -> dict[str, Any] | None:
         """What the last holder of the lock was in the middle of (a stage, a switch) if it
-        died there, read without taking the lock; None if it finished cleanly."""
+        died there; None if it finished cleanly. Under the lock, what the lock found."""
+        held = _HELD.get(str(self.lock_path))
+        if held is not None:
+            return held.interrupted_work
         payload = self._lock_payload()
         if _alive(payload):
             return None  # still at work: not leftovers
@@ -380,6 +383,7 @@ class Project:
                 lock.idle()
             finally:
                 del _HELD[key]
+                lock.release()
         finally:
             fh.close()
 
@@ -452,6 +456,14 @@ class ProjectLock:
         self.working = None
         self.children = []
         self.update()
+
+    def release(self) -> None:
+        """Let go: the record says nobody holds the lock, unless work was left half done
+        (a failed stage's leftovers: the next holder puts them back)."""
+        if self.working is None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.flush()
 
     @staticmethod
     def reap_orphans(previous: str, grace: float = 30.0) -> None:

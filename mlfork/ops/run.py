@@ -727,5 +727,5 @@ def _stage_env(run: str) -> dict[str, str]:
     path = os.environ.get("PATH", "")
     return {
         "PATH": bindir + (os.pathsep + path if path else ""),
-        "MLFORK_RUN": run,
+        naming.ENV_RUN: run,
     }
