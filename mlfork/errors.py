@@ -233,6 +233,25 @@ class OutputPathError(MlforkError):
     exit_code = 15
 
 
+class WriteError(OutputPathError):
+    """The disk is full, the file system read-only, or a file not writable: nothing was
+    half-written."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(
+            f"cannot write {what}: {reason}; free some space (or make it writable) and run the"
+            " command again: nothing was half-written"
+        )
+
+
+WRITE_ERRNOS = (28, 30, 122, 13, 1)  # ENOSPC, EROFS, EDQUOT, EACCES, EPERM
+
+
+def write_error(exc: OSError) -> WriteError:
+    what = f"'{exc.filename}'" if exc.filename else "the project"
+    return WriteError(what, exc.strerror or str(exc))
+
+
 class Diverged(MlforkError):
     """A replay or `mlfork verify` did not reproduce the original bit for bit."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ..errors import (
     NoGitIdentity,
     NotAGitRepository,
     RunNameTaken,
+    WriteError,
 )
 from ..models import Commit
 
@@ -36,6 +38,31 @@ _CHANGED = (
     | _FS.INDEX_TYPECHANGE | _FS.WT_MODIFIED | _FS.WT_DELETED | _FS.WT_TYPECHANGE
     | _FS.WT_RENAMED | _FS.CONFLICTED
 )
+
+
+_WRITE_FAILURES = ("No space left on device", "Read-only file system", "Disk quota exceeded",
+                   "Permission denied")
+
+
+def write_failure(exc: Exception, what: str) -> WriteError | None:
+    """A WriteError if `exc` (from libgit2) says the disk is full or read-only."""
+    text = str(exc)
+    for marker in _WRITE_FAILURES:
+        if marker in text:
+            return WriteError(what, marker.lower())
+    return None
+
+
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """Translate libgit2's "no space", "read-only" and like failures into WriteError."""
+    try:
+        yield
+    except (pygit2.GitError, OSError) as exc:
+        failure = write_failure(exc, what)
+        if failure is not None:
+            raise failure from exc
+        raise
 
 
 @dataclass
@@ -327,6 +354,9 @@ class GitRepo:
                     raise RunNameTaken(naming.run_from_ref(ref) or branch)
                 txn.set_target(ref, target, message=f"mlfork: create {branch}")
         except (pygit2.AlreadyExistsError, pygit2.GitError) as exc:
+            failure = write_failure(exc, f"branch '{branch}'")
+            if failure is not None and self._repo.references.get(ref) is None:
+                raise failure from exc
             # Another process holds the ref lock or created the ref first.
             raise RunNameTaken(naming.run_from_ref(ref) or branch) from exc
 
@@ -344,7 +374,8 @@ class GitRepo:
 
     def set_head(self, branch: str) -> None:
         """Point HEAD at a branch without touching the index or the working tree."""
-        self._repo.set_head("refs/heads/" + branch)
+        with _writing("HEAD"):
+            self._repo.set_head("refs/heads/" + branch)
 
     def set_head_state(self, state: HeadState) -> None:
         """Put HEAD back where `head_state()` found it (index and working tree untouched)."""
@@ -376,6 +407,9 @@ class GitRepo:
                 )
                 self._repo.set_head(pygit2.Oid(hex=target))
         except pygit2.GitError as exc:
+            failure = write_failure(exc, "the working tree")
+            if failure is not None:
+                raise failure from exc
             paths = [self._rel(p) for p in conflicts.paths]
             if paths:
                 raise DirtyWorkingTree(
@@ -451,6 +485,13 @@ class GitRepo:
         tree still makes a commit: every checkpoint has one.
         """
         sig = self._now(signature)
+        with _writing("git's index and objects"):
+            return self._stage_and_commit(branch, paths, message, parent, sig)
+
+    def _stage_and_commit(
+        self, branch: str, paths: Iterable[str], message: str, parent: str,
+        sig: pygit2.Signature,
+    ) -> str:
         index = self._repo.index
         index.read()
         for p in sorted({self._p(p) for p in paths}):
@@ -487,10 +528,14 @@ class GitRepo:
         base = parent_commit.peel(pygit2.Tree)
         builder_index = pygit2.Index()
         builder_index.read_tree(base)
-        for path, data in files.items():
-            blob = self._repo.create_blob(data)
-            builder_index.add(pygit2.IndexEntry(self._p(path), blob, pygit2.enums.FileMode.BLOB))
-        return self._commit_on(branch, parent, builder_index.write_tree(self._repo), message, sig)
+        with _writing("git's objects"):
+            for path, data in files.items():
+                blob = self._repo.create_blob(data)
+                builder_index.add(
+                    pygit2.IndexEntry(self._p(path), blob, pygit2.enums.FileMode.BLOB)
+                )
+            tree = builder_index.write_tree(self._repo)
+        return self._commit_on(branch, parent, tree, message, sig)
 
     def _commit_on(
         self, branch: str, parent: str, tree: pygit2.Oid, message: str, sig: pygit2.Signature
@@ -501,6 +546,9 @@ class GitRepo:
                 "refs/heads/" + branch, sig, sig, message, tree, [parent]
             )
         except pygit2.GitError as exc:
+            failure = write_failure(exc, f"a commit on '{branch}'")
+            if failure is not None:
+                raise failure from exc
             raise GitError(
                 f"branch '{branch}' moved while mlfork was committing to it ({exc});"
                 " nothing was lost: check 'git log' and run the command again"

@@ -176,8 +176,9 @@ class Tracker:
                 db = Path(self.uri[len("sqlite:///") :])
                 kwargs["artifact_location"] = (db.parent / "artifacts").as_uri()
             try:
-                exp_id = self.client.create_experiment(name, **kwargs)
-            except Exception:
+                exp_id = self._call("create an experiment", self.client.create_experiment,
+                                    name, **kwargs)
+            except TrackingError:  # another writer created it first, or the store is down
                 exp = self._call("be read", self.client.get_experiment_by_name, name)
                 if exp is None:
                     raise
@@ -426,7 +427,9 @@ def _reason(exc: BaseException) -> str:
     """A short reason: MLflow's HTTP errors embed whole urllib3 tracebacks."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     for marker in ("Connection refused", "Name or service not known", "timed out",
-                   "No such file or directory", "unable to open database file"):
+                   "No such file or directory", "unable to open database file",
+                   "attempt to write a readonly database", "database or disk is full",
+                   "database is locked"):
         if marker in text:
             return marker.lower()
     return text if len(text) <= 160 else text[:157] + "..."

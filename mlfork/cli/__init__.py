@@ -103,8 +103,13 @@ def _configure_process() -> None:
     import logging
     import os
 
-    for name in ("mlflow", "alembic", "dvc", "dvc_data", "dvc_objects"):
+    for name in ("dvc", "dvc_data", "dvc_objects"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # mlfork reports their failures itself, in one line. MLflow sets its own logger's level
+    # when it is imported: its subpackages' loggers keep the level set here.
+    for name in ("mlflow", "mlflow.store", "mlflow.tracking", "mlflow.utils", "alembic",
+                 "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -163,11 +168,25 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("mlfork: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        from ..errors import WRITE_ERRNOS, write_error
+
+        if exc.errno not in WRITE_ERRNOS:
+            _internal_error(exc, verbose)
+        error = write_error(exc)
+        click.echo(f"mlfork: error: {error}", err=True)
+        sys.exit(error.exit_code)
     except Exception as exc:  # a bug: one line unless -v
-        if verbose:
-            raise
-        click.echo(
-            f"mlfork: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
-            err=True,
-        )
-        sys.exit(1)
+        _internal_error(exc, verbose)
+
+
+def _internal_error(exc: BaseException, verbose: bool) -> None:
+    """A bug: one line (the traceback with -v), exit 1."""
+    if verbose:
+        raise exc
+    text = " ".join(str(exc).split())
+    click.echo(
+        f"mlfork: internal error: {type(exc).__name__}: {text[:300]} (run with -v for details)",
+        err=True,
+    )
+    sys.exit(1)

@@ -63,22 +63,39 @@ def init(path: str | os.PathLike[str] = ".") -> InitResult:
 
 
 def create(target: Path) -> InitResult:
-    """git init, dvc init (cache links), the example files, params.yaml, first commit."""
+    """git init, dvc init (cache links), the example files, params.yaml, first commit: all
+    built in a folder beside `target`, then moved into place in one rename. A refused or
+    killed init leaves no half-made project (a later init finds no project and starts
+    again; the leftovers of a killed one are removed)."""
     src = example_dir()
-    existed = target.exists()
-    target.mkdir(parents=True, exist_ok=True)
+    parent = target.parent
     try:
-        return _create(src, target)
-    except BaseException:  # a refused init leaves no half-made project behind
-        if existed:
-            for child in target.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        else:
-            shutil.rmtree(target, ignore_errors=True)
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create '{target}': {exc.strerror or exc}") from exc
+    _remove_dead_builds(parent, target.name)
+    build = parent / f".{target.name}.mlfork-init-{os.getpid()}"
+    try:
+        build.mkdir()
+    except OSError as exc:
+        raise UsageError(f"cannot create a project in '{parent}': {exc.strerror or exc}") from exc
+    try:
+        result = _create(src, build)
+        os.rename(build, target)  # over an empty folder too: POSIX replaces it
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
         raise
+    result.root = str(target)
+    return result
+
+
+def _remove_dead_builds(parent: Path, name: str) -> None:
+    import psutil
+
+    for stale in parent.glob(f".{name}.mlfork-init-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not psutil.pid_exists(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _create(src: Path, target: Path) -> InitResult:
