@@ -391,7 +391,7 @@ def _mirror(
 
     mirror = track.Mirror(
         project,
-        track.tracking_uri(project, lineage.tip(project, name)),
+        track.tracking_uri(project, lineage.tip(project, name), write=True),
         on_warning=lambda message: progress(Event("warning", name, message=message)),
     )
     mirror.send(track.full_write(project, name))

@@ -89,7 +89,7 @@ def remove(
     tip = git.resolve_branch(naming.branch_name(name))
     if tip is None:
         return
-    uri = track.tracking_uri(project, tip)
+    uri = track.tracking_uri(project, tip, write=True)
     experiment = track.experiment_name(project, tip)
     git.delete_branch(naming.branch_name(name), tip)
     for pending in track.pending(project):

@@ -376,7 +376,7 @@ def advance(
 
     mirror = _Held(track.Mirror(
         project,
-        track.tracking_uri(project, rev),
+        track.tracking_uri(project, rev, write=True),
         on_warning=lambda message: progress(Event("warning", name, message=message)),
         background=True,
     ), guard)

@@ -32,7 +32,7 @@ def sync(path: str | os.PathLike[str] = ".", rebuild: bool = False) -> SyncResul
     project = Project.open(path, require_dvc=False)
     names = lineage.run_names(project)
     head = project.git.head_commit()
-    uri = track.tracking_uri(project, head)
+    uri = track.tracking_uri(project, head, write=True)
     result = SyncResult(uri=redact_uri(uri))
     db = sqlite_path(uri)
     if rebuild and db is not None:

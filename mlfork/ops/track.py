@@ -26,9 +26,12 @@ def experiment_name(project: Project, rev: str) -> str:
     return project.policy(rev).experiment or project.root.name
 
 
-def tracking_uri(project: Project, rev: str | None = None) -> str:
+def tracking_uri(project: Project, rev: str | None = None, write: bool = False) -> str:
+    """The tracking store's URI. `write`: the caller will write to it, so the embedded
+    store's self-ignoring .mlfork/local/ is made (a reader changes nothing)."""
     configured = project.policy(rev).tracking_uri if rev else None
-    project.local("mlflow.db")  # makes the self-ignoring .mlfork/local/
+    if write:
+        project.local("mlflow.db")
     return default_uri(project.root, configured)
 
 

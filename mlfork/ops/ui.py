@@ -39,7 +39,7 @@ def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
     tracking server already has its UI, whose address is returned with an empty argv)."""
     project = Project.open(path, require_dvc=False)
     head = project.git.head_commit()
-    uri = track.tracking_uri(project, head)
+    uri = track.tracking_uri(project, head, write=True)  # the server writes the store
     experiment = track.experiment_name(project, head) if head else project.root.name
     if not uri.startswith("sqlite:///"):
         if uri.startswith(("http://", "https://")):
