@@ -49,6 +49,19 @@ class RunRecord:
     def from_dict(cls, data: Any, source: str = naming.RUN_RECORD) -> RunRecord:
         if not isinstance(data, dict) or "name" not in data or "iterations" not in data:
             raise MalformedFile(source, "expected a mapping with 'name' and 'iterations'")
+        schema = data.get("schema", RUN_RECORD_SCHEMA)
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise MalformedFile(source, f"'schema' must be a positive integer, got {schema!r}")
+        if schema > RUN_RECORD_SCHEMA:
+            raise MalformedFile(
+                source, f"it has schema {schema}, newer than this mlfork reads"
+                f" ({RUN_RECORD_SCHEMA}): upgrade mlfork"
+            )
+        iterations = data["iterations"]
+        if not isinstance(iterations, int) or isinstance(iterations, bool):
+            raise MalformedFile(source, f"'iterations' must be an integer, got {iterations!r}")
+        if iterations < 0:
+            raise MalformedFile(source, f"'iterations' is {iterations}: it must be 0 or more")
         try:
             parent = data.get("parent")
             return cls(

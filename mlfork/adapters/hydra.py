@@ -113,6 +113,7 @@ def main_overrides(overrides: list[str]) -> list[str]:
 
 def compose(conf_dir: Path, overrides: list[str], config_name: str = "config") -> dict[str, Any]:
     """Compose `conf_dir/<config_name>.yaml` with `overrides` into a plain, resolved dict."""
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -124,6 +125,9 @@ def compose(conf_dir: Path, overrides: list[str], config_name: str = "config") -
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=VERSION_BASE):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         data = OmegaConf.to_container(cfg, resolve=True)
+    except yaml.YAMLError as exc:
+        text = " ".join(str(exc).replace(str(conf_dir.resolve()), "conf").split())
+        raise ConfigError(f"conf/ is not valid YAML ({text}): fix the files under conf/") from exc
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise _composition_error(
             exc, overrides, lambda: compose(conf_dir, [], config_name)

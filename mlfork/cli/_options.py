@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+MAX_ITERATIONS = 1_000_000  # a budget past this is a typo, not a plan
+
 
 def positive_float(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if value is not None and value <= 0:
@@ -28,7 +30,8 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def iterations_option(help_text: str) -> Callable[..., Any]:
     return click.option(
-        "--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="N", help=help_text
+        "--iterations", "-n", type=click.IntRange(min=1, max=MAX_ITERATIONS), default=None,
+        metavar="N", help=help_text
     )
 
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ._options import json_option, runtime_options, verbose
+from ._options import MAX_ITERATIONS, json_option, runtime_options, verbose
 from ._output import ProgressView, emit_json, note, render_run_result
 
 
@@ -18,7 +18,8 @@ from ._output import ProgressView, emit_json, note, render_run_result
 @click.option("--from-step", default=None, metavar="STEP",
               help="Fork after stage STEP (of iteration N, or of the last iteration that ran it).")
 @click.option("--name", default=None, help="The fork's run name (default <run>-fork-<k>).")
-@click.option("--iterations", "-n", type=click.IntRange(min=0), default=None, metavar="K",
+@click.option("--iterations", "-n", type=click.IntRange(min=0, max=MAX_ITERATIONS), default=None,
+              metavar="K",
               help="Iterations to run after the fork point (default: keep the source's budget).")
 @click.option("--tag", "tags", multiple=True, metavar="T", help="Tag the fork (k or k=v).")
 @click.option("--inherit-tags", is_flag=True, help="Also carry the parent's tags over.")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ._options import json_option, verbose
+from ._options import MAX_ITERATIONS, json_option, verbose
 from ._output import ProgressView, emit_json, note
 
 
@@ -14,7 +14,8 @@ from ._output import ProgressView, emit_json, note
 @click.argument("run", required=False)
 @click.option("--from-iteration", type=click.IntRange(min=0), required=True, metavar="N",
               help="Fork at the end of iteration N.")
-@click.option("--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="K",
+@click.option("--iterations", "-n", type=click.IntRange(min=1, max=MAX_ITERATIONS), default=None,
+              metavar="K",
               help="Iterations to run and compare (default: up to RUN's last completed one).")
 @click.option("--keep", is_flag=True, help="Keep the scratch fork (branch and MLflow run).")
 @json_option

@@ -212,7 +212,7 @@ def _plan(project: Project, run: str | None, iteration: int | None, name: str | 
             f"iteration {iteration} of '{src}' was run by '{original}' before the fork:"
             f" the replay reproduces '{original}'"
         )
-    name = name or free_replay_name(project, original)
+    name = free_replay_name(project, original) if name is None else name
     seed = m.seed
     phs = str(seed.get("PYTHONHASHSEED") or "")
     budget, target, last_stage = rec.iterations, iteration + 1, rec.stages[-1]

@@ -7,7 +7,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapters.tracking import BrokenStore, Tracker, check_sqlite_store, redact_uri, sqlite_path
+from ..adapters.tracking import (
+    BrokenStore,
+    Tracker,
+    check_sqlite_store,
+    check_uri,
+    redact_uri,
+    sqlite_path,
+)
 from . import lineage, track
 from .project import Project
 
@@ -32,8 +39,10 @@ def sync(path: str | os.PathLike[str] = ".", rebuild: bool = False) -> SyncResul
     project = Project.open(path, require_dvc=False)
     names = lineage.run_names(project)
     head = project.git.head_commit()
-    uri = track.tracking_uri(project, head, write=True)
+    uri = track.tracking_uri(project, head)
     result = SyncResult(uri=redact_uri(uri))
+    check_uri(uri)
+    track.tracking_uri(project, head, write=True)
     db = sqlite_path(uri)
     if rebuild and db is not None:
         try:

@@ -37,16 +37,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
     """The `mlflow server` command for the project's store (only for a local store: a remote
     tracking server already has its UI, whose address is returned with an empty argv)."""
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
     project = Project.open(path, require_dvc=False)
     head = project.git.head_commit()
-    uri = track.tracking_uri(project, head, write=True)  # the server writes the store
+    uri = track.tracking_uri(project, head)
     experiment = track.experiment_name(project, head) if head else project.root.name
     if not uri.startswith("sqlite:///"):
         if uri.startswith(("http://", "https://")):
             return UiPlan(url=redact_uri(uri), uri=redact_uri(uri), experiment=experiment)
         raise UsageError(f"cannot serve tracking URI {redact_uri(uri)}: use a sqlite:/// store")
-    if port is not None and not 0 < port < 65536:
-        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    track.tracking_uri(project, head, write=True)  # the server writes the store
     port = port or 5000
     artifacts = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
     argv = [
