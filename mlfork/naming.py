@@ -31,6 +31,8 @@ CONF_NAME = "config"
 ENV_RUN = "MLFORK_RUN"  # the run the stage belongs to
 ENV_STAGE = "MLFORK_STAGE"  # marks the stage's processes (the watchdog signals them alone)
 
+ENV_FAULT = "MLFORK_FAULT"  # tests only: a point where mlfork kills itself (faults.py)
+
 # Commit trailers.
 TRAILER_RUN = "Mlfork-Run"
 TRAILER_ITERATION = "Mlfork-Iteration"

@@ -522,20 +522,36 @@ class GitRepo:
         Used to write a fork's first commit when the workspace stays where it is.
         """
         sig = self._now(signature)
+        return self._commit_on(branch, parent, self._tree_with(parent, files), message, sig)
+
+    def commit_object(
+        self,
+        parent: str,
+        files: dict[str, bytes],
+        message: str,
+        signature: pygit2.Signature | None = None,
+    ) -> str:
+        """A commit of `files` on top of `parent`, written to the object database only (no
+        ref moves): a new branch is then created at it in one step, so that it never
+        exists without this commit."""
+        sig = self._now(signature)
+        tree = self._tree_with(parent, files)
+        with _writing("git's objects"):
+            return str(self._repo.create_commit(None, sig, sig, message, tree, [parent]))
+
+    def _tree_with(self, parent: str, files: dict[str, bytes]) -> pygit2.Oid:
         parent_commit = self._repo.get(parent)
         if parent_commit is None:
             raise GitError(f"commit {parent} not found in the repository")
-        base = parent_commit.peel(pygit2.Tree)
         builder_index = pygit2.Index()
-        builder_index.read_tree(base)
+        builder_index.read_tree(parent_commit.peel(pygit2.Tree))
         with _writing("git's objects"):
             for path, data in files.items():
                 blob = self._repo.create_blob(data)
                 builder_index.add(
                     pygit2.IndexEntry(self._p(path), blob, pygit2.enums.FileMode.BLOB)
                 )
-            tree = builder_index.write_tree(self._repo)
-        return self._commit_on(branch, parent, tree, message, sig)
+            return builder_index.write_tree(self._repo)
 
     def _commit_on(
         self, branch: str, parent: str, tree: pygit2.Oid, message: str, sig: pygit2.Signature

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import naming
+from .. import faults, naming
 from ..errors import TrackingError
 
 MAX_METRICS = 1000
@@ -296,6 +296,7 @@ class Tracker:
             self._runs.pop((w.experiment, w.run), None)
             return ""
         run_id = self._find_or_create(w)
+        faults.point("mirror.created")
         tag_values = dict(w.tags)
         parent = tag_values.get(naming.TAG_PARENT_RUN)
         if parent and naming.TAG_MLFLOW_PARENT not in tag_values:
@@ -310,6 +311,7 @@ class Tracker:
                    if key_problem(k) is None]
         for i in range(0, len(tags), MAX_TAGS):
             self._call("be written", self.client.log_batch, run_id, tags=tags[i : i + MAX_TAGS])
+        faults.point("mirror.tags")
         if params:
             existing = self._call("be read", self.client.get_run, run_id).data.params
             params = [p for p in params if p.key not in existing]
@@ -324,6 +326,7 @@ class Tracker:
                 run_id,
                 metrics=metrics[i : i + MAX_METRICS],
             )
+        faults.point("mirror.metrics")
         if w.status in ("RUNNING", "SCHEDULED"):
             self._call("be written", self.client.update_run, run_id, status=w.status)
         elif w.status is not None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import naming
+from .. import faults, naming
 from ..errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
 from ..models import Checkpoint, ParentRef, RunRecord, RunResult
 from . import lineage, params, track, workspace
@@ -316,13 +316,14 @@ def _branch(
         start_iteration=completed, overrides=cumulative, own_overrides=own, tags=all_tags,
         switched=False, commit="",
     )
+    message = naming.format_record_message(
+        name, f"fork {cp.run}@{cp.iteration}/{cp.step}", body
+    )
     if not switch:
-        git.create_branch(fork_branch, cp.commit)  # the race is decided here
-        try:
-            result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
-        except BaseException:
-            git.delete_branch(fork_branch, git.resolve_branch(fork_branch) or cp.commit)
-            raise
+        result.commit = git.commit_object(cp.commit, files, message, signature=sig)
+        faults.point("branch.object")
+        git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
+        faults.point("branch.created")
         _mirror(project, name, progress, timings, started)
         return result
 
@@ -331,13 +332,16 @@ def _branch(
 
     workspace.settle(project, lock, run=current, extra=extra, note=note)
     with workspace.guarded(project, lock) as guard:
-        git.create_branch(fork_branch, cp.commit)  # the race is decided here
+        result.commit = git.commit_object(cp.commit, files, message, signature=sig)
+        git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         guard.created_branch(fork_branch)
-        result.commit = _fork_commit(project, fork_branch, cp, files, body, name, sig)
+        faults.point("branch.created")
         workspace.switch(project, guard, lock, fork_branch, required=required, note=note)
+        faults.point("branch.switched")
     lock.idle()
     result.switched = True
     _mirror(project, name, progress, timings, started)
+    faults.point("branch.mirrored")
     if run:
         with workspace.guarded(project, lock) as guard:
             result.run = advance(
@@ -345,17 +349,6 @@ def _branch(
                 echo=echo, signature=sig, argv=argv,
             )
     return result
-
-
-def _fork_commit(
-    project: Project, branch: str, cp: Checkpoint, files: dict[str, bytes], body: str,
-    name: str, sig: Any,
-) -> str:
-    return project.git.commit_tree_files(
-        branch, cp.commit, files,
-        naming.format_record_message(name, f"fork {cp.run}@{cp.iteration}/{cp.step}", body),
-        signature=sig,
-    )
 
 
 def _handoff_files(policy: Any) -> tuple[str, ...]:

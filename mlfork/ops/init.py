@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .. import naming
+from .. import faults, naming
 from ..adapters.git import GitRepo
 from ..errors import NotAGitRepository, ProjectError, UsageError
 from .project import Project, find_dvc_root
@@ -104,6 +104,7 @@ def _create(src: Path, target: Path) -> InitResult:
 
     git = GitRepo.init(target)
     git.signature()  # no identity: refuse before the example is copied
+    faults.point("init.git")
     for name in EXAMPLE_FILES:
         if (src / name).is_dir():
             shutil.copytree(src / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -111,6 +112,7 @@ def _create(src: Path, target: Path) -> InitResult:
             shutil.copy2(src / name, target / name)
     (target / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     DvcProject.init(target)
+    faults.point("init.dvc")
     project = Project(git)
     with project.dvc as dvc:
         config = hydra.compose(target / naming.CONF_DIR, [], naming.CONF_NAME)
@@ -130,6 +132,7 @@ def _create(src: Path, target: Path) -> InitResult:
         and not git.is_ignored(str(p.relative_to(target)))
     ]
     commit = git.add_and_commit_initial(paths, "mlfork init: example project\n")
+    faults.point("init.committed")
     return InitResult(
         root=str(target),
         mode="created",

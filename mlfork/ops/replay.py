@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import naming
+from .. import faults, naming
 from ..errors import (
     DatasetMismatch,
     MalformedFile,
@@ -576,17 +576,19 @@ def _start_at(
                     base_branch=original.base_branch, stages=list(original.stages),
                 )
                 branch = naming.branch_name(p.name)
-                git.create_branch(branch, p.start_commit)
-                guard.created_branch(branch)
                 body = (f"replay of {p.original} up to iteration {p.iteration}\n"
                         f"iterations: {p.budget}")
                 if p.overrides:
                     body += "\noverrides: " + " ".join(p.overrides)
-                git.commit_tree_files(
-                    branch, p.start_commit, {naming.RUN_RECORD: record_text(record).encode()},
+                first = git.commit_object(
+                    p.start_commit, {naming.RUN_RECORD: record_text(record).encode()},
                     naming.format_record_message(p.name, "start run", body), signature=sig,
                 )
+                git.create_branch(branch, first)
+                guard.created_branch(branch)
+                faults.point("replay.created")
                 workspace.switch(project, guard, lock, branch)
+                faults.point("replay.switched")
                 lock.idle()
                 result = advance(
                     project, p.name, lock=lock, guard=guard, target=p.iteration + 1,

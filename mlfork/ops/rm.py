@@ -9,8 +9,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import naming
-from ..errors import UnknownRun, UsageError
+from .. import faults, naming
+from ..adapters.tracking import Tracker
+from ..errors import TrackingError, UnknownRun, UsageError
 from . import lineage, track
 from .project import Project
 
@@ -91,17 +92,33 @@ def remove(
         return
     uri = track.tracking_uri(project, tip, write=True)
     experiment = track.experiment_name(project, tip)
-    git.delete_branch(naming.branch_name(name), tip)
     for pending in track.pending(project):
         if track.outbox_run(pending) == name:
             pending.unlink()
+    # the MLflow deletion waits in the outbox before the branch goes: killed in between,
+    # the next `mlfork sync` still delivers it
+    parked = track.park(project, track.RunWrite(run=name, experiment=experiment,
+                                                start_time=0, deleted=True))
+    try:
+        git.delete_branch(naming.branch_name(name), tip)
+    except BaseException:
+        parked.unlink(missing_ok=True)
+        raise
+    faults.point("rm.deleted")
     state = project.root / naming.STATE_DIR / f"{name}.json"
     state.unlink(missing_ok=True)
     logs = project.root / naming.LOGS_DIR / name
     if logs.is_dir():
         shutil.rmtree(logs, ignore_errors=True)
-    mirror = track.Mirror(project, uri, on_warning=on_warning)
-    delivered = mirror.send(track.RunWrite(run=name, experiment=experiment, start_time=0,
-                                           deleted=True))
+    tracker = Tracker(uri)
+    try:
+        track.flush(project, tracker)
+        delivered = True
+    except TrackingError as exc:
+        on_warning(f"{exc}; the MLflow run of '{name}' is marked deleted by the next"
+                   " 'mlfork sync'")
+        delivered = False
+    for message in tracker.warnings:
+        on_warning(message)
     if result is not None:
         result.tracking = "deleted" if delivered else "queued"

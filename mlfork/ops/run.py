@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import naming
+from .. import faults, naming
 from ..errors import (
     ConfigError,
     Interrupted,
@@ -44,7 +44,7 @@ from .common import (
     record_body,
     runtime_options,
 )
-from .project import Project, ProjectLock
+from .project import Project, ProjectLock, record_text
 
 
 def refuse_on_a_run(project: Project) -> None:
@@ -182,15 +182,21 @@ def _start(
             base_branch=base_branch, stages=plan.pipeline.stage_names,
         )
         branch = naming.branch_name(name)
-        git.create_branch(branch, head)
-        guard.created_branch(branch)
-        git.set_head(branch)
-        project.write_record(record)
-        git.commit_paths(
-            branch, [naming.RUN_RECORD],
+        first = git.commit_object(
+            head, {naming.RUN_RECORD: record_text(record).encode()},
             naming.format_record_message(name, "start run", record_body(record)),
-            parent=head, signature=sig,
+            signature=sig,
         )
+        faults.point("run.object")
+        lock.work(start=name)  # killed from here on: `mlfork resume NAME` goes on
+        git.create_branch(branch, first)  # whole, or not at all
+        guard.created_branch(branch)
+        faults.point("run.created")
+        git.set_head(branch)
+        faults.point("run.head")
+        git.restore([naming.RUN_RECORD])  # the record, into the index and the workspace
+        lock.idle()
+        faults.point("run.started")
         retry = shlex.join(argv) if argv else f"mlfork run --name {name}"
         result = advance(
             project, name, lock=lock, guard=guard, target=plan.budget, progress=progress,
@@ -407,6 +413,7 @@ def advance(
                 progress(Event("iteration", name, iteration=it, budget=target))
                 _prologue(project, lock, guard, rec, policy, state, env, pythonhashseed,
                           resume_input, progress)
+                faults.point("stage.prologue")
             for stage in stages[si:]:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -428,9 +435,11 @@ def advance(
                     )
                 except StageCommandFailed as exc:
                     fail(exc)
+                faults.point("stage.ran")
                 if stage == stages[-1]:
                     _write_manifest(project, rec, policy, it, env, argv, state, mirror.uri,
                                     resume_input)
+                    faults.point("stage.manifest")
                 body = f"stage {stage} " + (
                     f"ran in {outcome.seconds:.2f}s" if outcome.ran else "was up to date"
                 )
@@ -442,6 +451,7 @@ def advance(
                     state.user_commits = []
                 state.rev = _commit_stage(project, name, rec, pipeline, state, it, stage, body,
                                           resume_input, signature, progress)
+                faults.point("stage.committed")
                 if guard is not None:
                     guard.release()
                 lock.idle()
@@ -464,6 +474,7 @@ def advance(
                 end_time=stamp if finished else None,
             ))
             params_sent = True
+            faults.point("iteration.sent")
             result.done = it + 1
             progress(Event("iteration_end", name, iteration=it, budget=target, metrics=metrics))
             it, si = it + 1, 0
@@ -580,6 +591,7 @@ def _prologue(
                     _noter(progress, rec.name),
                 )
         added = project.dvc.set_resume(resume_input, source)
+        faults.point("stage.resume")
         if added is not None and guard is not None and guard.active:
             guard.added_cache_object(added)
 

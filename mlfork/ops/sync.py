@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import faults
 from ..adapters.tracking import (
     BrokenStore,
     Tracker,
@@ -53,15 +54,18 @@ def sync(path: str | os.PathLike[str] = ".", rebuild: bool = False) -> SyncResul
             result.moved_aside = str(aside)
     tracker = Tracker(uri)
     result.delivered = track.flush(project, tracker)
+    faults.point("sync.flushed")
     writes = [track.full_write(project, name) for name in _parents_first(project, names)]
     experiments = sorted({w.experiment for w in writes})
     for experiment in experiments:
         if rebuild:
             result.deleted += tracker.delete_experiment_runs(experiment)
+            faults.point("sync.deleted")
         else:
             result.repaired += tracker.repair_duplicates(experiment)
     for write in writes:
         tracker.write(write)
+        faults.point("sync.wrote")
         result.runs.append(write.run)
     result.warnings = list(tracker.warnings)
     return result

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import naming
+from .. import faults, naming
 from ..errors import MalformedFile, MlforkError, NotFound, UsageError
 from . import lineage, manifest
 from .common import Event, Progress, check_new_name, next_free_name, quiet
@@ -142,6 +142,7 @@ def _verify(
             tags=[f"{TAG_VERIFY_OF}={src}"], argv=argv, progress=say,
         )
         created = True
+        faults.point("verify.forked")
         ran = resume(path=path, run=scratch, run_cache=False, force=True, pythonhashseed=seed,
                      progress=say, echo=echo, argv=argv)
         project = Project.open(path)
@@ -152,6 +153,7 @@ def _verify(
             )
         finally:
             project.close()
+        faults.point("verify.compared")
     finally:
         warnings = _put_back(path, previous, scratch, created, keep, say)
     return VerifyResult(
@@ -206,6 +208,7 @@ def _put_back(
                         raise
                     guard.release()
                     lock.idle()
+                    faults.point("verify.back")
                 except MlforkError as exc:
                     warn(f"could not switch back to '{previous}' ({exc}): the workspace is on"
                          f" 'mlfork/{scratch}', which is kept")

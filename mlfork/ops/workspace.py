@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import naming
+from .. import faults, naming
 from ..errors import DirtyWorkingTree, GitError
 from ..models import Pipeline
 from .project import Project, ProjectLock
@@ -274,6 +274,7 @@ class Guard:
         try:
             if self.head.commit is not None:
                 git.force_checkout(self.head.commit)
+            faults.point("guard.rollback")
             git.set_head_state(self.head)
             for branch in self.created:
                 tip = git.resolve_branch(branch)
@@ -396,6 +397,7 @@ def switch(
             note(f"moved '{rel}' (a DVC output in the way of the switch) to"
                  f" {os.path.relpath(moved, project.root)}")
     git.switch(branch)
+    faults.point("switch.git")
     project.dvc.reset()
     new = project.pipeline()
     # what git did not touch (ignored, untracked) is as it was before the switch
