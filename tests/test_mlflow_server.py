@@ -144,3 +144,18 @@ def test_the_ui_answers_with_the_page(served: Any) -> None:
         page = resp.read().decode("utf-8", "replace")
     assert resp.status == 200
     assert "<html" in page.lower()
+
+
+def test_json_output_stays_json_with_a_server(served: Any) -> None:
+    """With a tracking server MLflow prints "View run ... at" lines on stdout when a run
+    ends: none of that reaches mlfork's stdout, which holds the JSON document alone."""
+    root, url = served
+    env = {"MLFLOW_TRACKING_URI": url}
+    forked = cli(root, "branch", "--from", "base", "--from-iteration", "1", "--name", "j",
+                 "--iterations", "1", "--run", "--json", env=env)
+    assert forked.returncode == 0, forked.stderr
+    assert json.loads(forked.stdout)["run"]["status"] == "completed"
+    synced = cli(root, "sync", "--json", env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert "j" in json.loads(synced.stdout)["runs"]
+    assert "View run" not in forked.stdout + synced.stdout

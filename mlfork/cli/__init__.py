@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> Any:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
     try:
-        result = cli.main(args=args, prog_name="mlfork", standalone_mode=False)
+        # click's own main() turns a broken pipe into exit 1: invoke the group directly
+        with cli.make_context("mlfork", list(args)) as ctx:
+            result = cli.invoke(ctx)
         sys.stdout.flush()
         return result
     except BrokenPipeError:

@@ -322,7 +322,7 @@ def flush(project: Project, tracker: Tracker) -> int:
             continue
         try:
             tracker.write(write)
-        except Undeliverable as exc:
+        except (Undeliverable, ValueError, TypeError, KeyError) as exc:
             path.rename(path.with_suffix(".bad"))
             tracker.warnings.append(
                 f"{exc}: outbox entry {path.name} set aside as {path.with_suffix('.bad').name}"
