@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-from .naming import ENV_FAULT
+from mlfork.naming import ENV_FAULT
 
 _SPEC = os.environ.get(ENV_FAULT) or None
 _SEEN: dict[str, int] = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from . import naming
-from .errors import MalformedFile
+from mlfork import naming
+from mlfork.errors import MalformedFile
 
 RUN_RECORD_SCHEMA = 1
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import MissingData, NotADvcProject, ProjectError
-from ..models import Out, Pipeline, Stage
+from mlfork.errors import MissingData, NotADvcProject, ProjectError
+from mlfork.models import Out, Pipeline, Stage
 
 LOCK_FILE = "dvc.lock"
 PROJECT_FILE = "dvc.yaml"
@@ -519,7 +519,7 @@ def apply_params_overrides(
     from dvc.utils.hydra import apply_overrides
     from dvc.utils.serialize import PARSERS
 
-    from ..errors import OverrideError
+    from mlfork.errors import OverrideError
 
     suffix = os.path.splitext(path)[1].lower() or ".yaml"
     with tempfile.TemporaryDirectory(prefix="mlfork-params-") as tmp:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pygit2
 
-from .. import naming
-from ..errors import (
+from mlfork import naming
+from mlfork.errors import (
     DirtyWorkingTree,
     GitError,
     NoGitIdentity,
@@ -30,7 +30,7 @@ from ..errors import (
     RunNameTaken,
     WriteError,
 )
-from ..models import Commit
+from mlfork.models import Commit
 
 _FS = pygit2.enums.FileStatus
 _CHANGED = (

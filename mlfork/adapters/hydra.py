@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import naming
-from ..errors import ConfigError, OverrideError
+from mlfork import naming
+from mlfork.errors import ConfigError, OverrideError
 
 VERSION_BASE = "1.3"
 RESOLVER = re.compile(r"\$\{\s*([\w.\-]+)\s*:")  # `${oc.env:VAR}`, `${my.resolver:x}`

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import naming
-from ..errors import MlforkError
-from .dvc import DvcProject, _cwd, quiet_dvc
+from mlfork import naming
+from mlfork.adapters.dvc import DvcProject, _cwd, quiet_dvc
+from mlfork.errors import MlforkError
 
 GRACE = 5.0  # seconds a stage gets to stop after Ctrl-C, then after SIGINT
 STAGE_ENV = naming.ENV_STAGE

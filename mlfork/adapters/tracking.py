@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import faults, naming
-from ..errors import TrackingError
+from mlfork import faults, naming
+from mlfork.errors import TrackingError
 
 MAX_METRICS = 1000
 MAX_PARAMS = 100

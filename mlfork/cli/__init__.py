@@ -135,7 +135,7 @@ def _quiet_broken_pipe() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    from ..errors import MlforkError
+    from mlfork.errors import MlforkError
 
     _freeze_at_exit()
     _configure_process()
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("mlfork: interrupted", err=True)
         sys.exit(130)
     except OSError as exc:
-        from ..errors import WRITE_ERRNOS, write_error
+        from mlfork.errors import WRITE_ERRNOS, write_error
 
         if exc.errno not in WRITE_ERRNOS:
             _internal_error(exc, verbose)

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._options import MAX_ITERATIONS, json_option, runtime_options, verbose
-from ._output import ProgressView, emit_json, note, render_run_result
+from mlfork.cli._options import MAX_ITERATIONS, json_option, runtime_options, verbose
+from mlfork.cli._output import ProgressView, emit_json, note, render_run_result
 
 
 @click.command("branch")
@@ -46,7 +46,7 @@ def command(ctx: click.Context, source: str | None, from_iteration: int | None,
     Example: mlfork branch --from base --from-iteration 1 --name lr model.lr=0.05
              mlfork resume lr        (or: dvc repro, with no mlfork involved)
     """
-    from ..ops.fork import branch
+    from mlfork.ops.fork import branch
 
     with ProgressView() as view:
         result = branch(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._output import emit_json, table
+from mlfork.cli._output import emit_json, table
 
 
 @click.command("diff")
@@ -23,7 +23,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
     \b
     Example: mlfork diff base lr
     """
-    from ..ops.compare import diff
+    from mlfork.ops.compare import diff
 
     if as_json and as_md:
         raise click.UsageError("--json and --md exclude each other")
@@ -32,7 +32,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
         emit_json(d.to_dict())
         return
     if as_md:
-        from ..ops.report import diff_markdown
+        from mlfork.ops.report import diff_markdown
 
         click.echo(diff_markdown(d), nl=False)
         return
@@ -61,7 +61,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
         return f"it {value}" if value is not None else "no iteration yet"
 
     if not d.metrics_logged:
-        from ..ops.compare import NO_METRICS
+        from mlfork.ops.compare import NO_METRICS
 
         click.echo(f"metrics: {NO_METRICS}")
     else:

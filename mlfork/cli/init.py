@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._output import emit_json, note
+from mlfork.cli._output import emit_json, note
 
 
 @click.command("init")
@@ -18,7 +18,7 @@ def command(directory: str, as_json: bool) -> None:
     linked, never copied), the example pipeline and its Hydra config, and a first commit. An
     existing project only gets machine-local settings; no tracked file changes.
     """
-    from ..ops.init import init
+    from mlfork.ops.init import init
 
     result = init(directory)
     if as_json:

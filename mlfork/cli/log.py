@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, table
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, table
 
 
 @click.command("log")
@@ -14,7 +14,7 @@ from ._output import emit_json, table
 def command(run: str | None, as_json: bool) -> None:
     """List the checkpoints of RUN (default: the run checked out), oldest first: iteration,
     step, commit, the run that owns it (an ancestor, for inherited ones) and the metrics."""
-    from ..ops.lineage import log
+    from mlfork.ops.lineage import log
 
     cps = log(run=run)
     if as_json:

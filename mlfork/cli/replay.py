@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ._options import json_option, verbose
-from ._output import ProgressView, emit_json, note, warn
+from mlfork.cli._options import json_option, verbose
+from mlfork.cli._output import ProgressView, emit_json, note, warn
 
 
 @click.command("replay")
@@ -38,8 +38,8 @@ def command(ctx: click.Context, run: str | None, iteration: int | None, launch: 
     Example: mlfork replay base
              mlfork replay base --iteration 1 --launch
     """
-    from ..errors import DatasetMismatch, Diverged, UsageError
-    from ..ops import replay as ops
+    from mlfork.errors import DatasetMismatch, Diverged, UsageError
+    from mlfork.ops import replay as ops
 
     if (force or name) and not launch:
         raise UsageError("--force and --name go with --launch")

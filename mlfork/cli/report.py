@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, note
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, note
 
 
 @click.command("report")
@@ -34,7 +34,7 @@ def command(fork: str | None, base: str | None, output: str, assets: str | None,
     Example: mlfork report lr -o report.md
              cat report.md >> "$GITHUB_STEP_SUMMARY"
     """
-    from ..ops.report import report
+    from mlfork.ops.report import report
 
     result = report(fork=fork, base=base, output=output, assets=assets, force=force,
                     source=source)  # type: ignore[arg-type]

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._options import iterations_option, json_option, runtime_options, verbose
-from ._output import ProgressView, emit_json, render_run_result
+from mlfork.cli._options import iterations_option, json_option, runtime_options, verbose
+from mlfork.cli._output import ProgressView, emit_json, render_run_result
 
 
 @click.command("resume")
@@ -29,7 +29,7 @@ def command(
     After a crash, Ctrl-C, a timeout or a failed stage nothing committed is redone; leftovers
     of the interrupted stage are put back as the last commit has them first.
     """
-    from ..ops.run import resume
+    from mlfork.ops.run import resume
 
     with ProgressView() as view:
         result = resume(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, note, warn
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, note, warn
 
 
 @click.command("rm")
@@ -23,7 +23,7 @@ def command(run: str, force: bool, as_json: bool) -> None:
     \b
     Example: mlfork rm lr-try-3
     """
-    from ..ops.rm import rm
+    from mlfork.ops.rm import rm
 
     result = rm(run=run, force=force)
     for message in result.warnings:

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._options import iterations_option, json_option, runtime_options, verbose
-from ._output import ProgressView, emit_json, render_run_result
+from mlfork.cli._options import iterations_option, json_option, runtime_options, verbose
+from mlfork.cli._output import ProgressView, emit_json, render_run_result
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
@@ -39,7 +39,7 @@ def command(
     \b
     Example: mlfork run --name base --iterations 4 model.lr=0.02
     """
-    from ..ops.run import start
+    from mlfork.ops.run import start
 
     with ProgressView() as view:
         result = start(

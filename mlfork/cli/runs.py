@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, table
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, table
 
 
 @click.command("runs")
@@ -14,7 +14,7 @@ def command(as_json: bool) -> None:
     """List every run: parent and fork point, status, iterations done/budget, and the
     headline metric (`val_metric`) at the run's last checkpoint. `*` marks the run checked out.
     """
-    from ..ops.lineage import runs
+    from mlfork.ops.lineage import runs
 
     infos = runs()
     if as_json:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, note, warn
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, note, warn
 
 
 @click.command("sync")
@@ -18,7 +18,7 @@ def command(rebuild: bool, as_json: bool) -> None:
     """Deliver the tracking writes waiting in the outbox, then bring the tracking store up to
     date with git (runs, lineage tags, params, metric histories). Running it twice changes
     nothing the second time."""
-    from ..ops.sync import sync
+    from mlfork.ops.sync import sync
 
     result = sync(rebuild=rebuild)
     for message in result.warnings:

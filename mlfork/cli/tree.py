@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, note
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, note
 
 if TYPE_CHECKING:
-    from ..ops.compare import TreeNode
+    from mlfork.ops.compare import TreeNode
 
 
 @click.command("tree")
@@ -20,7 +20,7 @@ def command(as_json: bool) -> None:
     the fork was made (@N: after iteration N; @N/STAGE: inside it, after STAGE), each node
     the run's status, iterations done/budget and headline metric. `*` marks the run checked
     out."""
-    from ..ops.compare import tree
+    from mlfork.ops.compare import tree
 
     roots = tree()
     if as_json:

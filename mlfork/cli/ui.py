@@ -7,8 +7,8 @@ import subprocess
 
 import click
 
-from ._options import json_option
-from ._output import emit_json, note
+from mlfork.cli._options import json_option
+from mlfork.cli._output import emit_json, note
 
 
 @click.command("ui")
@@ -23,7 +23,7 @@ def command(port: int | None, print_only: bool, as_json: bool) -> None:
     Forks are nested under their parents in the run list (with no search filter and the
     default sort); filter `tags.mlfork.root_run = 'base'` shows one lineage. Ctrl-C stops it.
     """
-    from ..ops.ui import plan
+    from mlfork.ops.ui import plan
 
     p = plan(port=port)
     if as_json:

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._options import MAX_ITERATIONS, json_option, verbose
-from ._output import ProgressView, emit_json, note
+from mlfork.cli._options import MAX_ITERATIONS, json_option, verbose
+from mlfork.cli._output import ProgressView, emit_json, note
 
 
 @click.command("verify")
@@ -34,9 +34,9 @@ def command(ctx: click.Context, run: str | None, from_iteration: int, iterations
     \b
     Example: mlfork verify base --from-iteration 1
     """
-    from ..errors import Diverged
-    from ..ops.verify import verify
-    from .replay import render_comparison
+    from mlfork.cli.replay import render_comparison
+    from mlfork.errors import Diverged
+    from mlfork.ops.verify import verify
 
     with ProgressView() as view:
         result = verify(run=run, from_iteration=from_iteration, iterations=iterations,

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from .. import naming
-from ..errors import InvalidRunName, RunNameTaken, UsageError
-from ..models import RunRecord
-from . import lineage
-from .project import Project
+from mlfork import naming
+from mlfork.errors import InvalidRunName, RunNameTaken, UsageError
+from mlfork.models import RunRecord
+from mlfork.ops import lineage
+from mlfork.ops.project import Project
 
 EventKind = Literal["iteration", "stage_start", "stage_end", "iteration_end", "warning", "note"]
 
@@ -101,7 +101,7 @@ MANAGED_KEYS = {
 def check_tags(tags: Sequence[str]) -> None:
     """Refuse (before anything is written) a tag MLflow would refuse, or one that would
     overwrite a tag of MLflow's or mlfork's own."""
-    from ..adapters.tracking import TAG_VALUE_LIMIT, key_problem
+    from mlfork.adapters.tracking import TAG_VALUE_LIMIT, key_problem
 
     for tag in tags:
         key, _, value = tag.partition("=")
@@ -119,8 +119,8 @@ def check_tags(tags: Sequence[str]) -> None:
 
 def check_overrides(overrides: Sequence[str]) -> None:
     """Refuse overrides of what mlfork manages: the `iteration` key, and the policy."""
-    from ..adapters import hydra
-    from ..errors import OverrideError
+    from mlfork.adapters import hydra
+    from mlfork.errors import OverrideError
 
     for ov in hydra.parse_overrides(list(overrides)):
         if ov.file is not None:

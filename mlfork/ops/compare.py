@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .. import naming
-from ..errors import NotFound, TrackingError, UsageError
-from ..models import Checkpoint, RunInfo
-from . import lineage, track
-from .project import MISSING, Project, dotted_get
+from mlfork import naming
+from mlfork.errors import NotFound, TrackingError, UsageError
+from mlfork.models import Checkpoint, RunInfo
+from mlfork.ops import lineage, track
+from mlfork.ops.project import MISSING, Project, dotted_get
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..adapters.tracking import HistoryReader, IndexedRun, PointSegment
+    from mlfork.adapters.tracking import HistoryReader, IndexedRun, PointSegment
 
 Mode = Literal["stitched", "own"]
 Source = Literal["auto", "tracking", "git"]
@@ -49,7 +49,7 @@ class NotIndexed(NotFound):
     """A run of the lineage is missing from the tracking store."""
 
     def __init__(self, run: str, uri: str) -> None:
-        from ..adapters.tracking import redact_uri
+        from mlfork.adapters.tracking import redact_uri
 
         super().__init__(
             f"run '{run}' is not in the tracking store {redact_uri(uri)}: run 'mlfork sync'"
@@ -165,7 +165,7 @@ def stitch(
     the experiment's lineage tags, one bulk read of the points. `chains` (from git) skips
     the lineage tags; `fast=False` forces the public MLflow API path; `reader` reuses a
     HistoryReader (and its MLflow client)."""
-    from ..adapters.tracking import HistoryReader, PointSegment
+    from mlfork.adapters.tracking import HistoryReader, PointSegment
 
     reader = reader or HistoryReader(uri, fast=fast)
     index = reader.runs(experiment)

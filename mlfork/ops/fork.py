@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import faults, naming
-from ..errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
-from ..models import Checkpoint, ParentRef, RunRecord, RunResult
-from . import lineage, params, track, workspace
-from .common import (
+from mlfork import faults, naming
+from mlfork.errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
+from mlfork.models import Checkpoint, ParentRef, RunRecord, RunResult
+from mlfork.ops import lineage, params, track, workspace
+from mlfork.ops.common import (
     Event,
     Progress,
     check_new_name,
@@ -30,8 +30,8 @@ from .common import (
     quiet,
     runtime_options,
 )
-from .project import MISSING, Composed, Project, ProjectLock, dotted_get, record_text
-from .run import advance
+from mlfork.ops.project import MISSING, Composed, Project, ProjectLock, dotted_get, record_text
+from mlfork.ops.run import advance
 
 
 @dataclass
@@ -130,7 +130,7 @@ def resolve_overrides(
     are dropped from the parent's list, and so are the parent's overrides inside a config
     group the fork switches (`model=mlp` drops an inherited `model.lr=...`: it was set for
     the old group's model)."""
-    from ..adapters import hydra
+    from mlfork.adapters import hydra
 
     parsed = hydra.parse_overrides(list(own))
     switched = {ov.key for ov in parsed
@@ -289,7 +289,7 @@ def _branch(
         base_commit=parent_rec.base_commit,
         stages=stages,
     )
-    from . import manifest  # the parent's manifest was made in another environment: warn
+    from mlfork.ops import manifest  # the parent's manifest was made in another environment: warn
 
     for message in fork_cfg.warnings:
         progress(Event("warning", name, message=message))
@@ -360,7 +360,7 @@ def _handoff_files(policy: Any) -> tuple[str, ...]:
 def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
     """The outputs a fork at `commit` cannot go on without, when the cache lacks them:
     the checkpoint the hand-off resumes from."""
-    from ..adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc import lock_outputs
 
     if not (policy.checkpoint_output and policy.checkpoint_resume):
         return []

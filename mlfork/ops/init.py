@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .. import faults, naming
-from ..adapters.git import GitRepo
-from ..errors import NotAGitRepository, ProjectError, UsageError
-from .project import Project, find_dvc_root
+from mlfork import faults, naming
+from mlfork.adapters.git import GitRepo
+from mlfork.errors import NotAGitRepository, ProjectError, UsageError
+from mlfork.ops.project import Project, find_dvc_root
 
 EXAMPLE_FILES = ("conf", "pipelines", "dvc.yaml")
 GITIGNORE = "# mlfork\n__pycache__/\n*.pyc\n/.mlfork/local/\n"
@@ -99,8 +99,8 @@ def _remove_dead_builds(parent: Path, name: str) -> None:
 
 
 def _create(src: Path, target: Path) -> InitResult:
-    from ..adapters import hydra
-    from ..adapters.dvc import DvcProject
+    from mlfork.adapters import hydra
+    from mlfork.adapters.dvc import DvcProject
 
     git = GitRepo.init(target)
     git.signature()  # no identity: refuse before the example is copied
@@ -144,7 +144,7 @@ def _create(src: Path, target: Path) -> InitResult:
 def adopt(root: Path) -> InitResult:
     """An existing git+DVC project: link the DVC cache (machine-local config), have git
     ignore its declared outputs locally, and nothing else: no tracked file changes."""
-    from . import params
+    from mlfork.ops import params
 
     project = Project.open(root)
     actions = []

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .. import naming
-from ..errors import AmbiguousRun, MalformedFile, NotFound, UnknownRun
-from ..models import Checkpoint, Commit, RunInfo, RunRecord
-from .project import Project
+from mlfork import naming
+from mlfork.errors import AmbiguousRun, MalformedFile, NotFound, UnknownRun
+from mlfork.models import Checkpoint, Commit, RunInfo, RunRecord
+from mlfork.ops.project import Project
 
 
 @dataclass(frozen=True)

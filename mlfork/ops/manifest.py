@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from .. import naming
-from ..errors import MalformedFile
-from ..models import Pipeline, RunRecord
+from mlfork import naming
+from mlfork.errors import MalformedFile
+from mlfork.models import Pipeline, RunRecord
 
 MANIFEST_VERSION = 1
 KEY_PACKAGES = (
@@ -76,7 +76,7 @@ def installed() -> dict[str, str]:
 def environment() -> dict[str, Any]:
     """Python, platform, mlfork and key package versions, and a hash of every installed
     distribution (name==version, sorted). Computed once per process."""
-    from .. import __version__
+    from mlfork import __version__
 
     everything = installed()
     packages = {name: everything[name] for name in KEY_PACKAGES if name in everything}
@@ -302,7 +302,7 @@ def datasets(
     """Dataset identity: the outputs of stages that read a locked key and the DVC-tracked
     files (hashes DVC already holds: nothing is read), plus files a locked key names that
     DVC does not track (SHA-256, streamed)."""
-    from ..adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc import lock_outputs
 
     outs = lock_outputs(lock_text)
     found: dict[str, Any] = {}

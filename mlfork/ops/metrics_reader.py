@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import naming
+from mlfork import naming
 
 if TYPE_CHECKING:
-    from .project import Project
+    from mlfork.ops.project import Project
 
 
 class MetricsReader:
@@ -53,7 +53,7 @@ class MetricsReader:
         for path in self.files(rev):
             data = self._read(rev, path)
             if data is not None:
-                from ..adapters.dvc import DvcProject
+                from mlfork.adapters.dvc import DvcProject
 
                 values.update(DvcProject.parse_metrics(path, data))
         self._values[rev] = values
@@ -64,7 +64,7 @@ class MetricsReader:
         data = git.read(rev, path)
         if data is not None:
             return data
-        from ..adapters.dvc import lock_outputs
+        from mlfork.adapters.dvc import lock_outputs
 
         entry = lock_outputs(git.read(rev, "dvc.lock")).get(path)
         if entry and entry.get("md5") and not str(entry["md5"]).endswith(".dir"):
@@ -77,7 +77,7 @@ class MetricsReader:
 
 def _vars_files(text: bytes) -> list[str]:
     """The file names a dvc.yaml's `vars:` list names (`file.yaml`, `file.yaml:k1,k2`)."""
-    from .project import load_yaml
+    from mlfork.ops.project import load_yaml
 
     try:
         data = load_yaml(text) or {}

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .. import naming
-from ..models import Pipeline, Policy
+from mlfork import naming
+from mlfork.models import Pipeline, Policy
 
 
 def touches(a: str, b: str) -> bool:
@@ -25,7 +25,7 @@ def depends_on(pipeline: Pipeline, file: str, key: str) -> bool:
 def untracked_overrides(pipeline: Pipeline, overrides: Sequence[str]) -> list[str]:
     """The overrides (as written) of keys no stage depends on: DVC reruns nothing for
     them. Deletions and keys mlfork itself manages are not reported."""
-    from ..adapters import hydra
+    from mlfork.adapters import hydra
 
     out = []
     for ov in hydra.parse_overrides(list(overrides)):
@@ -62,7 +62,7 @@ NOT_ITERATING = (
 def suggest(pipeline: Pipeline, config: dict[str, Any]) -> str | None:
     """An override of a real key of the project for a "next:" hint: a learning rate if
     a stage tracks one, else the first numeric key a stage tracks; None if there is none."""
-    from .project import dotted_get
+    from mlfork.ops.project import dotted_get
 
     candidates: list[tuple[str, Any]] = []
     for key in tracked_keys(pipeline):
@@ -112,7 +112,7 @@ def run_cache_blind(pipeline: Pipeline, data: dict[str, dict[str, Any]]) -> set[
     mapping key named `size` or `nfiles` (they are file metadata to it), params included,
     so a stage that reads `size: 5` would be "restored" from a run with `size: 3`. mlfork
     runs these stages without the run cache. `data`: params file -> its parsed values."""
-    from .project import dotted_get
+    from mlfork.ops.project import dotted_get
 
     def blind(key: str, value: Any) -> bool:
         if key.split(".")[-1] in RUN_CACHE_BLIND:

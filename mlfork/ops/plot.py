@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import OutputPathError, UsageError
-from . import compare, lineage
-from .project import Project
+from mlfork.errors import OutputPathError, UsageError
+from mlfork.ops import compare, lineage
+from mlfork.ops.project import Project
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .. import naming
-from ..adapters.git import GitRepo
-from ..errors import MalformedFile, NotADvcProject, OverrideError, ProjectLocked
-from ..models import Pipeline, Policy, RunRecord
+from mlfork import naming
+from mlfork.adapters.git import GitRepo
+from mlfork.errors import MalformedFile, NotADvcProject, OverrideError, ProjectLocked
+from mlfork.models import Pipeline, Policy, RunRecord
 
 if TYPE_CHECKING:
-    from ..adapters.dvc import DvcProject
+    from mlfork.adapters.dvc import DvcProject
 
 
 def load_yaml(text: bytes | str | None) -> Any:
@@ -81,7 +81,7 @@ class Project:
 
     @cached_property
     def dvc(self) -> DvcProject:
-        from ..adapters.dvc import DvcProject
+        from mlfork.adapters.dvc import DvcProject
 
         return DvcProject(self.root)
 
@@ -91,7 +91,7 @@ class Project:
     @cached_property
     def metrics(self) -> Any:
         """One metrics reader per command (it memoizes what DVC finds per commit)."""
-        from .metrics_reader import MetricsReader
+        from mlfork.ops.metrics_reader import MetricsReader
 
         return MetricsReader(self)
 
@@ -173,8 +173,8 @@ class Project:
         already. `iteration`/`iterations` are set when the main config has those keys
         (`budget` None keeps the config's). The `mlfork` policy section is not part of
         params.yaml."""
-        from ..adapters import hydra
-        from ..adapters.dvc import apply_params_overrides
+        from mlfork.adapters import hydra
+        from mlfork.adapters.dvc import apply_params_overrides
 
         parsed = hydra.parse_overrides(list(overrides))
         by_file: dict[str | None, list[tuple[str, str]]] = {}

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import faults, naming
-from ..errors import (
+from mlfork import faults, naming
+from mlfork.errors import (
     DatasetMismatch,
     MalformedFile,
     ManifestMissing,
@@ -32,12 +32,12 @@ from ..errors import (
     NotFound,
     UsageError,
 )
-from ..models import Checkpoint, RunResult
-from . import lineage, manifest, track
-from .common import Event, Progress, check_new_name, now_iso, quiet
-from .divergence import Comparison, compare, iteration_span, str_or_none
-from .project import Project, record_text
-from .run import advance
+from mlfork.models import Checkpoint, RunResult
+from mlfork.ops import lineage, manifest, track
+from mlfork.ops.common import Event, Progress, check_new_name, now_iso, quiet
+from mlfork.ops.divergence import Comparison, compare, iteration_span, str_or_none
+from mlfork.ops.project import Project, record_text
+from mlfork.ops.run import advance
 
 # Run-record tags (mirrored to MLflow as tags of the same name) naming what a run replays.
 TAG_REPLAY_OF = naming.TAG_REPLAY_OF
@@ -195,7 +195,7 @@ def load_manifest(
 
 
 def _plan(project: Project, run: str | None, iteration: int | None, name: str | None) -> ReplayPlan:
-    from .fork import resolve_overrides
+    from mlfork.ops.fork import resolve_overrides
 
     src = lineage.resolve_run(project, run)
     iteration, ref = load_manifest(project, src, iteration)
@@ -286,7 +286,7 @@ def free_replay_name(project: Project, run: str) -> str:
 def _relative_back(own: Sequence[str], relative: Sequence[str], completed: int) -> list[str]:
     """A fork records its relative keys (counted from the fork point) as absolute values:
     give them back as `mlfork branch` takes them."""
-    from ..adapters import hydra
+    from mlfork.adapters import hydra
 
     out: list[str] = []
     for ov in hydra.parse_overrides(list(own)):
@@ -347,7 +347,7 @@ def check_datasets(
     - other files: git's blob at the starting point if git tracks the file there, else the
       file in the workspace, SHA-256 streamed (a size change is a mismatch without a read).
     """
-    from ..adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc import lock_outputs
 
     git = project.git
     start_lock = lock_outputs(git.read(start, "dvc.lock"))
@@ -479,15 +479,15 @@ def _launch(
     echo: bool,
     argv: Sequence[str],
 ) -> ReplayResult:
-    from .fork import branch
-    from .run import resume
+    from mlfork.ops.fork import branch
+    from mlfork.ops.run import resume
 
     say = Once(progress)
     project = Project.open(path)
     try:
         p = _plan(project, run, iteration, name)
         check_new_name(project, p.name)
-        from . import workspace
+        from mlfork.ops import workspace
 
         workspace.check(project, project.pipeline(), run=lineage.current_run(project))
         bad = p.problems
@@ -555,8 +555,8 @@ def _start_at(
     there with its run record committed straight into the object database, then checked
     out (with its DVC outputs); the user's branch is not touched. A failure before the
     first checkpoint puts everything back."""
-    from ..models import RunRecord
-    from . import workspace
+    from mlfork.models import RunRecord
+    from mlfork.ops import workspace
 
     project = Project.open(path)
     try:

@@ -9,11 +9,11 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import faults, naming
-from ..adapters.tracking import Tracker
-from ..errors import TrackingError, UnknownRun, UsageError
-from . import lineage, track
-from .project import Project
+from mlfork import faults, naming
+from mlfork.adapters.tracking import Tracker
+from mlfork.errors import TrackingError, UnknownRun, UsageError
+from mlfork.ops import lineage, track
+from mlfork.ops.project import Project
 
 
 @dataclass

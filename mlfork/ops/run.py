@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import faults, naming
-from ..errors import (
+from mlfork import faults, naming
+from mlfork.errors import (
     ConfigError,
     Interrupted,
     ProjectError,
@@ -27,9 +27,9 @@ from ..errors import (
     StageFailed,
     UsageError,
 )
-from ..models import Commit, Pipeline, Policy, RunRecord, RunResult
-from . import lineage, params, track, workspace
-from .common import (
+from mlfork.models import Commit, Pipeline, Policy, RunRecord, RunResult
+from mlfork.ops import lineage, params, track, workspace
+from mlfork.ops.common import (
     Event,
     Progress,
     check_new_name,
@@ -44,7 +44,7 @@ from .common import (
     record_body,
     runtime_options,
 )
-from .project import Project, ProjectLock, record_text
+from mlfork.ops.project import Project, ProjectLock, record_text
 
 
 def refuse_on_a_run(project: Project) -> None:
@@ -136,7 +136,7 @@ def _start(
     timeout: float | None, stage_timeout: float | None, tags: Sequence[str],
     overrides: Sequence[str], argv: Sequence[str], progress: Progress, echo: bool,
 ) -> RunResult:
-    from ..adapters import hydra
+    from mlfork.adapters import hydra
 
     git = project.git
     sig = git.signature()
@@ -287,7 +287,7 @@ def _resume(
         rec = lineage.record(project, name, rev)
         done = lineage.position(project, rev).done(rec.stages)
         target = rec.iterations if iterations is None else done + iterations
-        from . import manifest  # the environment differs from the last manifest's: warn
+        from mlfork.ops import manifest  # the environment differs from the last manifest's: warn
 
         for message in manifest.drift_warnings(project.git.read(rev, naming.REPLAY_MANIFEST)):
             progress(Event("warning", name, message=message))
@@ -350,7 +350,7 @@ def advance(
     `pythonhashseed` (a replay re-applying a manifest's seed bundle) overrides the
     PYTHONHASHSEED derived from the config's seed. `guard` is released at the first
     checkpoint; until then a failure's message says to run `retry` again, not resume."""
-    from ..adapters.stages import StageCommandFailed, run_stage
+    from mlfork.adapters.stages import StageCommandFailed, run_stage
 
     git, dvc = project.git, project.dvc
     rev = lineage.tip(project, name)
@@ -555,7 +555,7 @@ def _prologue(
     checkpoint (they belong to this iteration), the composed config written into the
     params files, and the checkpoint hand-off pointed at the previous iteration's output
     (fetched from the DVC remote when the cache lacks it)."""
-    from ..adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc import lock_outputs
 
     git, it = project.git, state.it
     state.user_commits = lineage.commits_since_checkpoint(project, state.rev)
@@ -668,8 +668,8 @@ def _write_manifest(
     resume_input: str | None,
 ) -> None:
     """.mlfork/replay.json for this iteration, committed with its last stage."""
-    from ..adapters.tracking import redact_uri
-    from . import manifest
+    from mlfork.adapters.tracking import redact_uri
+    from mlfork.ops import manifest
 
     root = project.root
     config = project.params_at_workspace()

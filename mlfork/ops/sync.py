@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import faults
-from ..adapters.tracking import (
+from mlfork import faults
+from mlfork.adapters.tracking import (
     BrokenStore,
     Tracker,
     check_sqlite_store,
@@ -16,8 +16,8 @@ from ..adapters.tracking import (
     redact_uri,
     sqlite_path,
 )
-from . import lineage, track
-from .project import Project
+from mlfork.ops import lineage, track
+from mlfork.ops.project import Project
 
 
 @dataclass

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import naming
-from ..adapters.tracking import RunWrite, Tracker, Undeliverable, default_uri
-from ..errors import TrackingError
-from ..models import Checkpoint, RunRecord
-from . import lineage
-from .project import Project
+from mlfork import naming
+from mlfork.adapters.tracking import RunWrite, Tracker, Undeliverable, default_uri
+from mlfork.errors import TrackingError
+from mlfork.models import Checkpoint, RunRecord
+from mlfork.ops import lineage
+from mlfork.ops.project import Project
 
 EXCLUDED_PARAMS = ("iteration", "iterations")
 

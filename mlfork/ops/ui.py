@@ -8,10 +8,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapters.tracking import redact_uri
-from ..errors import UsageError
-from . import track
-from .project import Project
+from mlfork.adapters.tracking import redact_uri
+from mlfork.errors import UsageError
+from mlfork.ops import track
+from mlfork.ops.project import Project
 
 
 @dataclass

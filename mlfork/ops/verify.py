@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import faults, naming
-from ..errors import MalformedFile, MlforkError, NotFound, UsageError
-from . import lineage, manifest
-from .common import Event, Progress, check_new_name, next_free_name, quiet
-from .divergence import Comparison, compare, iteration_span
-from .project import Project
-from .replay import Once
+from mlfork import faults, naming
+from mlfork.errors import MalformedFile, MlforkError, NotFound, UsageError
+from mlfork.ops import lineage, manifest
+from mlfork.ops.common import Event, Progress, check_new_name, next_free_name, quiet
+from mlfork.ops.divergence import Comparison, compare, iteration_span
+from mlfork.ops.project import Project
+from mlfork.ops.replay import Once
 
 TAG_VERIFY_OF = naming.TAG_VERIFY_OF
 
@@ -86,8 +86,8 @@ def _verify(
     echo: bool,
     argv: Sequence[str],
 ) -> VerifyResult:
-    from .fork import branch
-    from .run import resume
+    from mlfork.ops.fork import branch
+    from mlfork.ops.run import resume
 
     say = Once(progress)
     project = Project.open(path)
@@ -124,7 +124,7 @@ def _verify(
             raise UsageError(
                 "HEAD is detached: check out a branch first (verify switches back to it)"
             )
-        from . import workspace
+        from mlfork.ops import workspace
 
         workspace.check(project, project.pipeline(), run=lineage.current_run(project))
         scratch = next_free_name(project, naming.verify_stem(src))
@@ -184,8 +184,8 @@ def _put_back(
     """Switch back to `previous` (leftovers of a failed scratch stage put back first) with
     its DVC outputs, and remove the scratch run unless `keep`. Never raises: what cannot be
     done is returned (and reported) as a warning."""
-    from . import workspace
-    from .rm import remove
+    from mlfork.ops import workspace
+    from mlfork.ops.rm import remove
 
     warnings: list[str] = []
 

@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import faults, naming
-from ..errors import DirtyWorkingTree, GitError
-from ..models import Pipeline
-from .project import Project, ProjectLock
+from mlfork import faults, naming
+from mlfork.errors import DirtyWorkingTree, GitError
+from mlfork.models import Pipeline
+from mlfork.ops.project import Project, ProjectLock
 
 MLFORK_FILES = (naming.RUN_RECORD, naming.REPLAY_MANIFEST)
 
@@ -168,7 +168,7 @@ def record_repro(
     )
     commit = git.commit_paths(branch, paths, subject + "\n\n" + body + "\n", parent=parent)
     if note is not None:
-        from . import lineage
+        from mlfork.ops import lineage
 
         rec = project.read_record(parent)
         nxt = lineage.position(project, parent).done(rec.stages if rec else [])
@@ -187,7 +187,7 @@ def record_repro(
 
 
 def _changed_stages(project: Project, parent: str, pipeline: Pipeline) -> list[str]:
-    from ..adapters.dvc import lock_deps, lock_outputs
+    from mlfork.adapters.dvc import lock_deps, lock_outputs
 
     before = project.git.read(parent, "dvc.lock")
     path = project.root / "dvc.lock"
