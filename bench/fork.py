@@ -11,7 +11,7 @@ metrics file every iteration; committed), adopted with `mlfork init`, and run wi
   process, MLflow write to the embedded sqlite store included) and the new disk use it makes:
   the bytes allocated under the project folder (.git, .dvc/cache, workspace, .mlfork/local
   with the MLflow store), each inode once, before and after the fork;
-- `mlfork.ops.fork.branch(..., switch=False, timings=...)` in a fresh Python process: the
+- `mlfork.ops.running.fork.branch(..., switch=False, timings=...)` in a fresh Python process: the
   seconds of its git+DVC+config part and of its MLflow part (the `timings` hook). The first
   call in the process (cold: it pays the lazy imports, as the CLI does) is the figure held
   against the target; a second call in the same process (warm) is shown too;
@@ -115,7 +115,7 @@ stages:
 API_CALLS = '''\
 import json, sys, time
 t0 = time.perf_counter()
-from mlfork.ops.fork import branch
+from mlfork.ops.running.fork import branch
 out = {"import": time.perf_counter() - t0, "calls": []}
 for name in sys.argv[1:]:
     timings = {}
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", "-r", type=int, default=5, help="forks per size (median)")
     parser.add_argument(
         "--api-repeat", type=int, default=3,
-        help="fresh processes timing the parts of mlfork.ops.fork.branch, per size (median)",
+        help="fresh processes timing the parts of mlfork.ops.running.fork.branch, per size"
+             " (median)",
     )
     parser.add_argument("--copies", type=int, default=3, help="`cp -a` runs per size (median)")
     parser.add_argument("--sizes", default="1MiB,1GiB", help="output sizes, smallest first")
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ))
     print(
         "mlfork branch = the CLI, --no-switch, whole process; git+DVC and MLflow = the parts of"
-        " mlfork.ops.fork.branch, first call in a fresh process (warm: second call);"
+        " mlfork.ops.running.fork.branch, first call in a fresh process (warm: second call);"
         " speedup = cp -a / mlfork branch"
     )
     print(

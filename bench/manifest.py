@@ -8,8 +8,8 @@ with `dvc add raw/tracked.bin` (DVC-tracked data) and committed, and a one-itera
 `mlfork run --name b --iterations 1` is made, so the run has a real record, policy, dvc.lock
 and manifest. Then, side by side in this process:
 
-1. Manifest capture: the engine's own `mlfork.ops.run._write_manifest` (what every iteration
-   does before committing its last stage: dataset identity, environment fingerprint, seed
+1. Manifest capture: the engine's own `mlfork.ops.running.engine._write_manifest` (what every
+   iteration does before committing its last stage: dataset identity, environment fingerprint, seed
    bundle, config, written to .mlfork/replay.json), timed cold (the first call of the
    process, which computes the environment fingerprint; the modules an mlfork run has
    loaded by then are imported before) and warm (median of 4 R). The bytes
@@ -17,7 +17,7 @@ and manifest. Then, side by side in this process:
    cache hits included) prove that the SIZE of DVC data is not read again; for scale, the
    re-hash a tool without DVC's hashes would need (`md5sum` of the data) is timed too.
 2. SHA-256 of a non-DVC file of SIZE (`raw/untracked.bin`, outside git and DVC):
-   `mlfork.ops.manifest.sha256_file` (1 MiB chunks, streamed) against `sha256sum`,
+   `mlfork.ops.replaying.manifest.sha256_file` (1 MiB chunks, streamed) against `sha256sum`,
    interleaved R times each with the file in the page cache; throughput = SIZE / time.
 3. For completeness: a capture whose locked key names that non-DVC file, with its hash
    already in the per-project hash cache (size, mtime, inode unchanged), as every iteration
@@ -94,8 +94,9 @@ def build(tmp: Path, env: dict[str, str], size: int) -> Path:
 def capture_args(root: Path) -> dict[str, Any]:
     """The arguments the engine passes to _write_manifest at the end of iteration 0."""
     from mlfork import naming
-    from mlfork.ops import lineage, track
-    from mlfork.ops.project import Project
+    from mlfork.ops.kernel import lineage
+    from mlfork.ops.kernel.project import Project
+    from mlfork.ops.mirroring import mirror as track
 
     project = Project.open(root)
     rev = lineage.tip(project, "b")
@@ -117,8 +118,8 @@ def time_capture(args: dict[str, Any], repeat: int) -> tuple[float, list[float],
     import platform  # noqa: F401
 
     import mlfork.adapters.tracking  # noqa: F401
-    import mlfork.ops.manifest  # noqa: F401
-    from mlfork.ops.run import _write_manifest
+    import mlfork.ops.replaying.manifest  # noqa: F401
+    from mlfork.ops.running.engine import _write_manifest
 
     call = {k: v for k, v in args.items() if k != "manifest_path"}
     before = rchar()
@@ -168,7 +169,7 @@ def main() -> int:
         args["project"].close()
 
         # 2. SHA-256 of a non-DVC file against sha256sum, page cache warm, interleaved
-        from mlfork.ops import manifest
+        from mlfork.ops.replaying import manifest
 
         subprocess.run(["cat", str(untracked)], stdout=subprocess.DEVNULL, check=True)  # cached
         ours, theirs = [], []
@@ -187,7 +188,7 @@ def main() -> int:
         ratio = tp_ours / tp_theirs
 
         # 3. a locked key names the non-DVC file: first capture hashes it, later ones do not
-        from mlfork.ops.run import _write_manifest
+        from mlfork.ops.running.engine import _write_manifest
 
         args = capture_args(root)
         args["project"].root.joinpath("params.yaml").write_text(

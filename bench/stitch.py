@@ -13,7 +13,7 @@ as mlfork writes them for the MLflow UI (stitching must skip them).
 Side by side, in one process, on the same store (each timed `--repeat` times after one
 untimed warm-up, taking turns so that they share the machine's load; medians printed):
 
-- mlfork: `mlfork.ops.compare.stitch` on the deepest run: the lineage from its
+- mlfork: `mlfork.ops.comparing.stitch.stitch` on the deepest run: the lineage from its
   `mlfork.lineage` tag (one read-only SQL query over the runs and tags tables), then every
   segment's points in one SQL query over the metrics table, into a pandas DataFrame;
 - naive: what one writes with the public API: `MlflowClient.search_runs` once for the
@@ -159,7 +159,7 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
 
     from mlfork.adapters.tracking import HistoryReader
-    from mlfork.ops import compare
+    from mlfork.ops.comparing import stitch as compare
 
     with workdir("mlfork-bench-stitch-", keep=args.keep) as tmp:
         uri = "sqlite:///" + str(tmp / "mlflow.db")

@@ -245,7 +245,7 @@ def main() -> None:
         env.pop("MLFLOW_TRACKING_URI", None)
         root = build_demo(Path(tmp), env)
 
-        from mlfork.ops.ui import free_port
+        from mlfork.ops.mirroring.ui import free_port
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -31,8 +31,8 @@ from conftest import cli, copy_project, dvc, git, ok, shared_build
 
 import mlfork
 from mlfork.errors import NotFound, OutputPathError, UnknownRun, UsageError
-from mlfork.ops import compare
-from mlfork.ops import plot as plot_ops
+from mlfork.ops.comparing import plot as plot_ops
+from mlfork.ops.comparing import stitch as compare
 
 RUNS = ["base", "lr", "lr2", "mid", "wine"]
 METRICS = ["accuracy", "f1_macro", "log_loss"]

@@ -28,7 +28,7 @@ from conftest import cli, copy_project, dvc, git
 import mlfork
 from mlfork.errors import MalformedFile
 from mlfork.models import RunRecord
-from mlfork.ops import manifest
+from mlfork.ops.replaying import manifest
 
 MANIFEST = ".mlfork/replay.json"
 STAGES = ["data_split", "train", "evaluate"]

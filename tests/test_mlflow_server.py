@@ -18,7 +18,7 @@ import pytest
 from conftest import cli, copy_project
 
 import mlfork
-from mlfork.ops.ui import free_port
+from mlfork.ops.mirroring.ui import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("mlflow-server")]
 

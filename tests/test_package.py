@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, git
 
-from mlfork.ops.init import EXAMPLE_FILES, example_dir
+from mlfork.ops.kernel.init import EXAMPLE_FILES, example_dir
 
 EXAMPLE_IN_WHEEL = [
     "mlfork/_example/conf/config.yaml",
@@ -90,7 +90,7 @@ def test_init_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import mlfork; from mlfork.ops.init import example_dir;"
+         "import mlfork; from mlfork.ops.kernel.init import example_dir;"
          " print(mlfork.__file__); print(example_dir())"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
     )

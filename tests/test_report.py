@@ -295,7 +295,7 @@ def test_github_actions_example(tmp_path: Path) -> None:
 
 
 def test_the_marker_matches_what_the_workflow_searches_for() -> None:
-    from mlfork.ops.report import marker
+    from mlfork.ops.comparing.report import marker
 
     js = re.search(r"const marker = `([^`]+)`", WORKFLOW.read_text()).group(1)  # type: ignore
     assert marker("lr2") == js.replace("${process.env.FORK}", "lr2")

@@ -46,7 +46,7 @@ def command(ctx: click.Context, source: str | None, from_iteration: int | None,
     Example: mlfork branch --from base --from-iteration 1 --name lr model.lr=0.05
              mlfork resume lr        (or: dvc repro, with no mlfork involved)
     """
-    from mlfork.ops.fork import branch
+    from mlfork.ops.running.fork import branch
 
     with ProgressView() as view:
         result = branch(

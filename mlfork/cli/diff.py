@@ -23,7 +23,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
     \b
     Example: mlfork diff base lr
     """
-    from mlfork.ops.compare import diff
+    from mlfork.ops.comparing.stitch import diff
 
     if as_json and as_md:
         raise click.UsageError("--json and --md exclude each other")
@@ -32,7 +32,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
         emit_json(d.to_dict())
         return
     if as_md:
-        from mlfork.ops.report import diff_markdown
+        from mlfork.ops.comparing.report import diff_markdown
 
         click.echo(diff_markdown(d), nl=False)
         return
@@ -61,7 +61,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
         return f"it {value}" if value is not None else "no iteration yet"
 
     if not d.metrics_logged:
-        from mlfork.ops.compare import NO_METRICS
+        from mlfork.ops.comparing.stitch import NO_METRICS
 
         click.echo(f"metrics: {NO_METRICS}")
     else:

@@ -18,7 +18,7 @@ def command(directory: str, as_json: bool) -> None:
     linked, never copied), the example pipeline and its Hydra config, and a first commit. An
     existing project only gets machine-local settings; no tracked file changes.
     """
-    from mlfork.ops.init import init
+    from mlfork.ops.kernel.init import init
 
     result = init(directory)
     if as_json:

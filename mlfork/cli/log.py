@@ -14,7 +14,7 @@ from mlfork.cli._output import emit_json, table
 def command(run: str | None, as_json: bool) -> None:
     """List the checkpoints of RUN (default: the run checked out), oldest first: iteration,
     step, commit, the run that owns it (an ancestor, for inherited ones) and the metrics."""
-    from mlfork.ops.lineage import log
+    from mlfork.ops.kernel.lineage import log
 
     cps = log(run=run)
     if as_json:

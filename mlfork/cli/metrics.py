@@ -34,7 +34,7 @@ def command(runs: tuple[str, ...], stitched: bool, names: tuple[str, ...], fmt: 
     Example: mlfork metrics lr2 --metric accuracy
              mlfork metrics base lr --format csv > metrics.csv
     """
-    from mlfork.ops.compare import metrics
+    from mlfork.ops.comparing.stitch import metrics
 
     df = metrics(runs=list(runs) or None, mode="stitched" if stitched else "own",
                  metrics=names, source=source)  # type: ignore[arg-type]

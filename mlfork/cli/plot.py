@@ -29,7 +29,7 @@ def command(runs: tuple[str, ...], output: str | None, metric: str | None, x_axi
     Example: mlfork plot base lr lr2 -o curves.png
              mlfork plot lr lr2 --metric log_loss --x since-fork -o forks.svg
     """
-    from mlfork.ops.plot import plot
+    from mlfork.ops.comparing.plot import plot
 
     result = plot(runs=list(runs) or None, output=output, metric=metric,
                   x=x_axis, source=source)  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ def command(ctx: click.Context, run: str | None, iteration: int | None, launch: 
              mlfork replay base --iteration 1 --launch
     """
     from mlfork.errors import DatasetMismatch, Diverged, UsageError
-    from mlfork.ops import replay as ops
+    from mlfork.ops.replaying import plan as ops
 
     if (force or name) and not launch:
         raise UsageError("--force and --name go with --launch")

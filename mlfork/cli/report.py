@@ -34,7 +34,7 @@ def command(fork: str | None, base: str | None, output: str, assets: str | None,
     Example: mlfork report lr -o report.md
              cat report.md >> "$GITHUB_STEP_SUMMARY"
     """
-    from mlfork.ops.report import report
+    from mlfork.ops.comparing.report import report
 
     result = report(fork=fork, base=base, output=output, assets=assets, force=force,
                     source=source)  # type: ignore[arg-type]

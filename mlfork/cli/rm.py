@@ -23,7 +23,7 @@ def command(run: str, force: bool, as_json: bool) -> None:
     \b
     Example: mlfork rm lr-try-3
     """
-    from mlfork.ops.rm import rm
+    from mlfork.ops.running.rm import rm
 
     result = rm(run=run, force=force)
     for message in result.warnings:

@@ -14,7 +14,7 @@ def command(as_json: bool) -> None:
     """List every run: parent and fork point, status, iterations done/budget, and the
     headline metric (`val_metric`) at the run's last checkpoint. `*` marks the run checked out.
     """
-    from mlfork.ops.lineage import runs
+    from mlfork.ops.kernel.lineage import runs
 
     infos = runs()
     if as_json:

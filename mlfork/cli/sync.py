@@ -18,7 +18,7 @@ def command(rebuild: bool, as_json: bool) -> None:
     """Deliver the tracking writes waiting in the outbox, then bring the tracking store up to
     date with git (runs, lineage tags, params, metric histories). Running it twice changes
     nothing the second time."""
-    from mlfork.ops.sync import sync
+    from mlfork.ops.mirroring.sync import sync
 
     result = sync(rebuild=rebuild)
     for message in result.warnings:

@@ -23,7 +23,7 @@ def command(port: int | None, print_only: bool, as_json: bool) -> None:
     Forks are nested under their parents in the run list (with no search filter and the
     default sort); filter `tags.mlfork.root_run = 'base'` shows one lineage. Ctrl-C stops it.
     """
-    from mlfork.ops.ui import plan
+    from mlfork.ops.mirroring.ui import plan
 
     p = plan(port=port)
     if as_json:

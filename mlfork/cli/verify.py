@@ -36,7 +36,7 @@ def command(ctx: click.Context, run: str | None, from_iteration: int, iterations
     """
     from mlfork.cli.replay import render_comparison
     from mlfork.errors import Diverged
-    from mlfork.ops.verify import verify
+    from mlfork.ops.replaying.verify import verify
 
     with ProgressView() as view:
         result = verify(run=run, from_iteration=from_iteration, iterations=iterations,

@@ -17,8 +17,18 @@ from typing import Any
 from mlfork import faults, naming
 from mlfork.errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
 from mlfork.models import Checkpoint, ParentRef, RunRecord, RunResult
-from mlfork.ops import lineage, params, track, workspace
-from mlfork.ops.common import (
+from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel.project import (
+    MISSING,
+    Composed,
+    Project,
+    ProjectLock,
+    dotted_get,
+    record_text,
+)
+from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.running import params
+from mlfork.ops.running.common import (
     Event,
     Progress,
     check_new_name,
@@ -30,8 +40,7 @@ from mlfork.ops.common import (
     quiet,
     runtime_options,
 )
-from mlfork.ops.project import MISSING, Composed, Project, ProjectLock, dotted_get, record_text
-from mlfork.ops.run import advance
+from mlfork.ops.running.engine import advance
 
 
 @dataclass
@@ -289,7 +298,9 @@ def _branch(
         base_commit=parent_rec.base_commit,
         stages=stages,
     )
-    from mlfork.ops import manifest  # the parent's manifest was made in another environment: warn
+    from mlfork.ops.replaying import (
+        manifest,  # the parent's manifest was made in another environment: warn
+    )
 
     for message in fork_cfg.warnings:
         progress(Event("warning", name, message=message))

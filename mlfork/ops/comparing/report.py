@@ -17,9 +17,11 @@ from typing import Any
 
 from mlfork import naming
 from mlfork.errors import UsageError
-from mlfork.ops import compare, lineage, plot
-from mlfork.ops.compare import DiffResult, Link
-from mlfork.ops.project import Project
+from mlfork.ops.comparing import plot
+from mlfork.ops.comparing import stitch as compare
+from mlfork.ops.comparing.stitch import DiffResult, Link
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
 
 MARKER = "<!-- mlfork-report: {fork} -->"
 

@@ -62,7 +62,7 @@ NOT_ITERATING = (
 def suggest(pipeline: Pipeline, config: dict[str, Any]) -> str | None:
     """An override of a real key of the project for a "next:" hint: a learning rate if
     a stage tracks one, else the first numeric key a stage tracks; None if there is none."""
-    from mlfork.ops.project import dotted_get
+    from mlfork.ops.kernel.project import dotted_get
 
     candidates: list[tuple[str, Any]] = []
     for key in tracked_keys(pipeline):
@@ -112,7 +112,7 @@ def run_cache_blind(pipeline: Pipeline, data: dict[str, dict[str, Any]]) -> set[
     mapping key named `size` or `nfiles` (they are file metadata to it), params included,
     so a stage that reads `size: 5` would be "restored" from a run with `size: 3`. mlfork
     runs these stages without the run cache. `data`: params file -> its parsed values."""
-    from mlfork.ops.project import dotted_get
+    from mlfork.ops.kernel.project import dotted_get
 
     def blind(key: str, value: Any) -> bool:
         if key.split(".")[-1] in RUN_CACHE_BLIND:

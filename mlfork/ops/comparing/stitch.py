@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from mlfork import naming
 from mlfork.errors import NotFound, TrackingError, UsageError
 from mlfork.models import Checkpoint, RunInfo
-from mlfork.ops import lineage, track
-from mlfork.ops.project import MISSING, Project, dotted_get
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import MISSING, Project, dotted_get
+from mlfork.ops.mirroring import mirror as track
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -28,8 +28,11 @@ from mlfork.errors import (
     UsageError,
 )
 from mlfork.models import Commit, Pipeline, Policy, RunRecord, RunResult
-from mlfork.ops import lineage, params, track, workspace
-from mlfork.ops.common import (
+from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel.project import Project, ProjectLock, record_text
+from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.running import params
+from mlfork.ops.running.common import (
     Event,
     Progress,
     check_new_name,
@@ -44,7 +47,6 @@ from mlfork.ops.common import (
     record_body,
     runtime_options,
 )
-from mlfork.ops.project import Project, ProjectLock, record_text
 
 
 def refuse_on_a_run(project: Project) -> None:
@@ -287,7 +289,9 @@ def _resume(
         rec = lineage.record(project, name, rev)
         done = lineage.position(project, rev).done(rec.stages)
         target = rec.iterations if iterations is None else done + iterations
-        from mlfork.ops import manifest  # the environment differs from the last manifest's: warn
+        from mlfork.ops.replaying import (
+            manifest,  # the environment differs from the last manifest's: warn
+        )
 
         for message in manifest.drift_warnings(project.git.read(rev, naming.REPLAY_MANIFEST)):
             progress(Event("warning", name, message=message))
@@ -669,7 +673,7 @@ def _write_manifest(
 ) -> None:
     """.mlfork/replay.json for this iteration, committed with its last stage."""
     from mlfork.adapters.tracking import redact_uri
-    from mlfork.ops import manifest
+    from mlfork.ops.replaying import manifest
 
     root = project.root
     config = project.params_at_workspace()

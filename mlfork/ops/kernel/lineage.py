@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mlfork import naming
 from mlfork.errors import AmbiguousRun, MalformedFile, NotFound, UnknownRun
 from mlfork.models import Checkpoint, Commit, RunInfo, RunRecord
-from mlfork.ops.project import Project
+from mlfork.ops.kernel.project import Project
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from mlfork.adapters.tracking import (
     redact_uri,
     sqlite_path,
 )
-from mlfork.ops import lineage, track
-from mlfork.ops.project import Project
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
+from mlfork.ops.mirroring import mirror as track
 
 
 @dataclass

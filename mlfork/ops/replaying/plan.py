@@ -33,11 +33,13 @@ from mlfork.errors import (
     UsageError,
 )
 from mlfork.models import Checkpoint, RunResult
-from mlfork.ops import lineage, manifest, track
-from mlfork.ops.common import Event, Progress, check_new_name, now_iso, quiet
-from mlfork.ops.divergence import Comparison, compare, iteration_span, str_or_none
-from mlfork.ops.project import Project, record_text
-from mlfork.ops.run import advance
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project, record_text
+from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.replaying import manifest
+from mlfork.ops.replaying.divergence import Comparison, compare, iteration_span, str_or_none
+from mlfork.ops.running.common import Event, Progress, check_new_name, now_iso, quiet
+from mlfork.ops.running.engine import advance
 
 # Run-record tags (mirrored to MLflow as tags of the same name) naming what a run replays.
 TAG_REPLAY_OF = naming.TAG_REPLAY_OF
@@ -195,7 +197,7 @@ def load_manifest(
 
 
 def _plan(project: Project, run: str | None, iteration: int | None, name: str | None) -> ReplayPlan:
-    from mlfork.ops.fork import resolve_overrides
+    from mlfork.ops.running.fork import resolve_overrides
 
     src = lineage.resolve_run(project, run)
     iteration, ref = load_manifest(project, src, iteration)
@@ -479,15 +481,15 @@ def _launch(
     echo: bool,
     argv: Sequence[str],
 ) -> ReplayResult:
-    from mlfork.ops.fork import branch
-    from mlfork.ops.run import resume
+    from mlfork.ops.running.engine import resume
+    from mlfork.ops.running.fork import branch
 
     say = Once(progress)
     project = Project.open(path)
     try:
         p = _plan(project, run, iteration, name)
         check_new_name(project, p.name)
-        from mlfork.ops import workspace
+        from mlfork.ops.kernel import workspace
 
         workspace.check(project, project.pipeline(), run=lineage.current_run(project))
         bad = p.problems
@@ -556,7 +558,7 @@ def _start_at(
     out (with its DVC outputs); the user's branch is not touched. A failure before the
     first checkpoint puts everything back."""
     from mlfork.models import RunRecord
-    from mlfork.ops import workspace
+    from mlfork.ops.kernel import workspace
 
     project = Project.open(path)
     try:

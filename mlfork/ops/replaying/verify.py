@@ -11,11 +11,12 @@ from typing import Any
 
 from mlfork import faults, naming
 from mlfork.errors import MalformedFile, MlforkError, NotFound, UsageError
-from mlfork.ops import lineage, manifest
-from mlfork.ops.common import Event, Progress, check_new_name, next_free_name, quiet
-from mlfork.ops.divergence import Comparison, compare, iteration_span
-from mlfork.ops.project import Project
-from mlfork.ops.replay import Once
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
+from mlfork.ops.replaying import manifest
+from mlfork.ops.replaying.divergence import Comparison, compare, iteration_span
+from mlfork.ops.replaying.plan import Once
+from mlfork.ops.running.common import Event, Progress, check_new_name, next_free_name, quiet
 
 TAG_VERIFY_OF = naming.TAG_VERIFY_OF
 
@@ -86,8 +87,8 @@ def _verify(
     echo: bool,
     argv: Sequence[str],
 ) -> VerifyResult:
-    from mlfork.ops.fork import branch
-    from mlfork.ops.run import resume
+    from mlfork.ops.running.engine import resume
+    from mlfork.ops.running.fork import branch
 
     say = Once(progress)
     project = Project.open(path)
@@ -124,7 +125,7 @@ def _verify(
             raise UsageError(
                 "HEAD is detached: check out a branch first (verify switches back to it)"
             )
-        from mlfork.ops import workspace
+        from mlfork.ops.kernel import workspace
 
         workspace.check(project, project.pipeline(), run=lineage.current_run(project))
         scratch = next_free_name(project, naming.verify_stem(src))
@@ -184,8 +185,8 @@ def _put_back(
     """Switch back to `previous` (leftovers of a failed scratch stage put back first) with
     its DVC outputs, and remove the scratch run unless `keep`. Never raises: what cannot be
     done is returned (and reported) as a warning."""
-    from mlfork.ops import workspace
-    from mlfork.ops.rm import remove
+    from mlfork.ops.kernel import workspace
+    from mlfork.ops.running.rm import remove
 
     warnings: list[str] = []
 

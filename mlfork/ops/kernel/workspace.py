@@ -29,7 +29,7 @@ from pathlib import Path
 from mlfork import faults, naming
 from mlfork.errors import DirtyWorkingTree, GitError
 from mlfork.models import Pipeline
-from mlfork.ops.project import Project, ProjectLock
+from mlfork.ops.kernel.project import Project, ProjectLock
 
 MLFORK_FILES = (naming.RUN_RECORD, naming.REPLAY_MANIFEST)
 
@@ -168,7 +168,7 @@ def record_repro(
     )
     commit = git.commit_paths(branch, paths, subject + "\n\n" + body + "\n", parent=parent)
     if note is not None:
-        from mlfork.ops import lineage
+        from mlfork.ops.kernel import lineage
 
         rec = project.read_record(parent)
         nxt = lineage.position(project, parent).done(rec.stages if rec else [])

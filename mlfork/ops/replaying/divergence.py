@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlfork.models import Checkpoint
-from mlfork.ops import lineage
-from mlfork.ops.project import Project
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
 
 
 @dataclass

@@ -91,7 +91,7 @@ class Project:
     @cached_property
     def metrics(self) -> Any:
         """One metrics reader per command (it memoizes what DVC finds per commit)."""
-        from mlfork.ops.metrics_reader import MetricsReader
+        from mlfork.ops.kernel.metrics_reader import MetricsReader
 
         return MetricsReader(self)
 

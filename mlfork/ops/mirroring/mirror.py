@@ -16,8 +16,8 @@ from mlfork import naming
 from mlfork.adapters.tracking import RunWrite, Tracker, Undeliverable, default_uri
 from mlfork.errors import TrackingError
 from mlfork.models import Checkpoint, RunRecord
-from mlfork.ops import lineage
-from mlfork.ops.project import Project
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
 
 EXCLUDED_PARAMS = ("iteration", "iterations")
 

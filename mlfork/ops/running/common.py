@@ -11,8 +11,8 @@ from typing import Any, Literal
 from mlfork import naming
 from mlfork.errors import InvalidRunName, RunNameTaken, UsageError
 from mlfork.models import RunRecord
-from mlfork.ops import lineage
-from mlfork.ops.project import Project
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
 
 EventKind = Literal["iteration", "stage_start", "stage_end", "iteration_end", "warning", "note"]
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from mlfork import faults, naming
 from mlfork.adapters.tracking import Tracker
 from mlfork.errors import TrackingError, UnknownRun, UsageError
-from mlfork.ops import lineage, track
-from mlfork.ops.project import Project
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
+from mlfork.ops.mirroring import mirror as track
 
 
 @dataclass

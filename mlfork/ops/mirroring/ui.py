@@ -10,8 +10,8 @@ from pathlib import Path
 
 from mlfork.adapters.tracking import redact_uri
 from mlfork.errors import UsageError
-from mlfork.ops import track
-from mlfork.ops.project import Project
+from mlfork.ops.kernel.project import Project
+from mlfork.ops.mirroring import mirror as track
 
 
 @dataclass

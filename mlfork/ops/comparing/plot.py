@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlfork.errors import OutputPathError, UsageError
-from mlfork.ops import compare, lineage
-from mlfork.ops.project import Project
+from mlfork.ops.comparing import stitch as compare
+from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.project import Project
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,7 @@ from pathlib import Path
 from mlfork import faults, naming
 from mlfork.adapters.git import GitRepo
 from mlfork.errors import NotAGitRepository, ProjectError, UsageError
-from mlfork.ops.project import Project, find_dvc_root
+from mlfork.ops.kernel.project import Project, find_dvc_root
 
 EXAMPLE_FILES = ("conf", "pipelines", "dvc.yaml")
 GITIGNORE = "# mlfork\n__pycache__/\n*.pyc\n/.mlfork/local/\n"
@@ -35,7 +35,7 @@ def example_dir() -> Path:
     packaged = Path(str(resources.files("mlfork"))) / "_example"
     if (packaged / "dvc.yaml").is_file():
         return packaged
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]
     if (checkout / "dvc.yaml").is_file() and (checkout / "conf").is_dir():
         return checkout
     raise UsageError("the example project is missing from this installation: reinstall mlfork")
@@ -144,7 +144,7 @@ def _create(src: Path, target: Path) -> InitResult:
 def adopt(root: Path) -> InitResult:
     """An existing git+DVC project: link the DVC cache (machine-local config), have git
     ignore its declared outputs locally, and nothing else: no tracked file changes."""
-    from mlfork.ops import params
+    from mlfork.ops.running import params
 
     project = Project.open(root)
     actions = []

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mlfork import naming
 
 if TYPE_CHECKING:
-    from mlfork.ops.project import Project
+    from mlfork.ops.kernel.project import Project
 
 
 class MetricsReader:
@@ -77,7 +77,7 @@ class MetricsReader:
 
 def _vars_files(text: bytes) -> list[str]:
     """The file names a dvc.yaml's `vars:` list names (`file.yaml`, `file.yaml:k1,k2`)."""
-    from mlfork.ops.project import load_yaml
+    from mlfork.ops.kernel.project import load_yaml
 
     try:
         data = load_yaml(text) or {}
