@@ -8,7 +8,7 @@ with `dvc add raw/tracked.bin` (DVC-tracked data) and committed, and a one-itera
 `mlfork run --name b --iterations 1` is made, so the run has a real record, policy, dvc.lock
 and manifest. Then, side by side in this process:
 
-1. Manifest capture: the engine's own `mlfork.ops.running.engine._write_manifest` (what every
+1. Manifest capture: the engine's own `mlfork.ops.replaying.capture.write_manifest` (what every
    iteration does before committing its last stage: dataset identity, environment fingerprint, seed
    bundle, config, written to .mlfork/replay.json), timed cold (the first call of the
    process, which computes the environment fingerprint; the modules an mlfork run has
@@ -92,7 +92,7 @@ def build(tmp: Path, env: dict[str, str], size: int) -> Path:
 
 
 def capture_args(root: Path) -> dict[str, Any]:
-    """The arguments the engine passes to _write_manifest at the end of iteration 0."""
+    """The arguments the engine passes to write_manifest at the end of iteration 0."""
     from mlfork import naming
     from mlfork.ops.kernel import lineage
     from mlfork.ops.kernel.project import Project
@@ -105,7 +105,8 @@ def capture_args(root: Path) -> dict[str, Any]:
     return {
         "project": project, "rec": rec, "policy": policy, "iteration": 0,
         "env": {"PYTHONHASHSEED": "42"}, "argv": ["mlfork", "run", "--name", "b"],
-        "code_commit": project.git.commit(rev).parents[0], "uri": track.tracking_uri(project, rev),
+        "code_commit": project.git.commit(rev).parents[0], "user_commits": [],
+        "uri": track.tracking_uri(project, rev),
         "resume_input": policy.checkpoint_resume, "manifest_path": root / naming.REPLAY_MANIFEST,
     }
 
@@ -119,7 +120,7 @@ def time_capture(args: dict[str, Any], repeat: int) -> tuple[float, list[float],
 
     import mlfork.adapters.tracking  # noqa: F401
     import mlfork.ops.replaying.manifest  # noqa: F401
-    from mlfork.ops.running.engine import _write_manifest
+    from mlfork.ops.replaying.capture import write_manifest as _write_manifest
 
     call = {k: v for k, v in args.items() if k != "manifest_path"}
     before = rchar()
@@ -188,7 +189,7 @@ def main() -> int:
         ratio = tp_ours / tp_theirs
 
         # 3. a locked key names the non-DVC file: first capture hashes it, later ones do not
-        from mlfork.ops.running.engine import _write_manifest
+        from mlfork.ops.replaying.capture import write_manifest as _write_manifest
 
         args = capture_args(root)
         args["project"].root.joinpath("params.yaml").write_text(

@@ -35,14 +35,14 @@ def init(path: str = ".") -> InitResult:
 
 def run(path: str = ".", **options: Any) -> RunResult:
     """`mlfork run`: name, iterations, timeout, stage_timeout, tags, overrides."""
-    from mlfork.ops.running.engine import start
+    from mlfork.ops.running.start import start
 
     return start(path=path, **options)
 
 
 def resume(path: str = ".", **options: Any) -> RunResult:
     """`mlfork resume`: run, iterations, timeout, stage_timeout."""
-    from mlfork.ops.running.engine import resume as _resume
+    from mlfork.ops.running.start import resume as _resume
 
     return _resume(path=path, **options)
 

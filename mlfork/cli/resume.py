@@ -29,7 +29,7 @@ def command(
     After a crash, Ctrl-C, a timeout or a failed stage nothing committed is redone; leftovers
     of the interrupted stage are put back as the last commit has them first.
     """
-    from mlfork.ops.running.engine import resume
+    from mlfork.ops.running.start import resume
 
     with ProgressView() as view:
         result = resume(

@@ -39,7 +39,7 @@ def command(
     \b
     Example: mlfork run --name base --iterations 4 model.lr=0.02
     """
-    from mlfork.ops.running.engine import start
+    from mlfork.ops.running.start import start
 
     with ProgressView() as view:
         result = start(

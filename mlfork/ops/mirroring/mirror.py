@@ -332,3 +332,39 @@ def flush(project: Project, tracker: Tracker) -> int:
         path.unlink()
         delivered += 1
     return delivered
+
+
+class Held:
+    """A Mirror that holds its writes while the command's guard is active: a command that
+    fails before its first checkpoint leaves the tracking store as it was too (its writes
+    are dropped with the rollback); from the first checkpoint on, writes go straight out."""
+
+    def __init__(self, mirror: Mirror, guard: Any) -> None:
+        self.mirror = mirror
+        self.guard = guard
+        self.held: list[RunWrite] = []
+
+    @property
+    def uri(self) -> str:
+        return self.mirror.uri
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.mirror.warnings
+
+    def send(self, write: RunWrite) -> None:
+        if self.guard is not None and self.guard.active:
+            self.held.append(write)
+            return
+        for held in self.held:
+            self.mirror.send(held)
+        self.held = []
+        self.mirror.send(write)
+
+    def close(self, failed: bool) -> None:
+        """Deliver what is held, unless the command failed before its first checkpoint."""
+        if not (failed and self.guard is not None and self.guard.active):
+            for held in self.held:
+                self.mirror.send(held)
+        self.held = []
+        self.mirror.close()

@@ -481,8 +481,8 @@ def _launch(
     echo: bool,
     argv: Sequence[str],
 ) -> ReplayResult:
-    from mlfork.ops.running.engine import resume
     from mlfork.ops.running.fork import branch
+    from mlfork.ops.running.start import resume
 
     say = Once(progress)
     project = Project.open(path)

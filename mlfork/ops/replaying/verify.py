@@ -87,8 +87,8 @@ def _verify(
     echo: bool,
     argv: Sequence[str],
 ) -> VerifyResult:
-    from mlfork.ops.running.engine import resume
     from mlfork.ops.running.fork import branch
+    from mlfork.ops.running.start import resume
 
     say = Once(progress)
     project = Project.open(path)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from mlfork import naming
 from mlfork.errors import InvalidRunName, RunNameTaken, UsageError
-from mlfork.models import RunRecord
+from mlfork.models import Policy, RunRecord
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 
@@ -132,3 +132,21 @@ def check_overrides(overrides: Sequence[str]) -> None:
                 ov.text, "the 'mlfork' policy is part of the project, not of a run: change it in"
                 " a commit"
             )
+
+
+def handoff_files(policy: Policy) -> tuple[str, ...]:
+    """The files of the checkpoint hand-off mlfork manages (the resume input, its .dvc)."""
+    if policy.checkpoint_output and policy.checkpoint_resume:
+        return (policy.checkpoint_resume, policy.checkpoint_resume + ".dvc")
+    return ()
+
+
+def gitignore_of(path: str) -> str:
+    """The .gitignore DVC keeps for a cached output at `path`."""
+    folder = path.rsplit("/", 1)[0] if "/" in path else ""
+    return f"{folder}/.gitignore" if folder else ".gitignore"
+
+
+def noter(progress: Progress, name: str) -> Callable[[str], None]:
+    """A callback that reports notes of run `name` as progress events."""
+    return lambda message: progress(Event("note", name, message=message))

@@ -35,6 +35,7 @@ from mlfork.ops.running.common import (
     check_overrides,
     check_positive,
     check_tags,
+    handoff_files,
     next_free_name,
     now_iso,
     quiet,
@@ -276,7 +277,7 @@ def _branch(
     check_new_name(project, name)
     lock.run = name
     current = lineage.current_run(project)
-    extra = _handoff_files(policy)
+    extra = handoff_files(policy)
     if switch:
         workspace.check(project, project.pipeline(), run=current, extra=extra)
     required = _required_at(project, cp.commit, policy)
@@ -361,11 +362,6 @@ def _branch(
             )
     return result
 
-
-def _handoff_files(policy: Any) -> tuple[str, ...]:
-    if policy.checkpoint_output and policy.checkpoint_resume:
-        return (policy.checkpoint_resume, policy.checkpoint_resume + ".dvc")
-    return ()
 
 
 def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
