@@ -159,7 +159,7 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
 
     from mlfork.adapters.tracking import HistoryReader
-    from mlfork.ops.comparing import stitch as compare
+    from mlfork.ops.comparing import stitch
 
     with workdir("mlfork-bench-stitch-", keep=args.keep) as tmp:
         uri = "sqlite:///" + str(tmp / "mlflow.db")
@@ -178,9 +178,9 @@ def main() -> int:
 
         (t_fast, df_fast), (t_naive, df_naive), (t_api, df_api) = timed(
             [
-                lambda: compare.stitch(uri, EXPERIMENT, [deepest]),
+                lambda: stitch.stitch(uri, EXPERIMENT, [deepest]),
                 lambda: naive(client, deepest),
-                lambda: compare.stitch(uri, EXPERIMENT, [deepest], reader=api_reader),
+                lambda: stitch.stitch(uri, EXPERIMENT, [deepest], reader=api_reader),
             ],
             args.repeat,
         )

@@ -93,15 +93,15 @@ def metrics(path: str = ".", runs: Any = None, **options: Any) -> Any:
 
 
 def tree(path: str = ".") -> Any:
-    """`mlfork tree`: the root runs (ops.compare.TreeNode), each with its forks."""
-    from mlfork.ops.comparing.stitch import tree as _tree
+    """`mlfork tree`: the root runs (ops.comparing.tree.TreeNode), each with its forks."""
+    from mlfork.ops.comparing.tree import tree as _tree
 
     return _tree(path)
 
 
 def diff(path: str = ".", a: str | None = None, b: str | None = None, **options: Any) -> Any:
-    """`mlfork diff A B` -> ops.compare.DiffResult; source."""
-    from mlfork.ops.comparing.stitch import diff as _diff
+    """`mlfork diff A B` -> ops.comparing.diff.DiffResult; source."""
+    from mlfork.ops.comparing.diff import diff as _diff
 
     return _diff(path, a, b, **options)
 

@@ -32,7 +32,7 @@ from conftest import cli, copy_project, dvc, git, ok, shared_build
 import mlfork
 from mlfork.errors import NotFound, OutputPathError, UnknownRun, UsageError
 from mlfork.ops.comparing import plot as plot_ops
-from mlfork.ops.comparing import stitch as compare
+from mlfork.ops.comparing import stitch
 
 RUNS = ["base", "lr", "lr2", "mid", "wine"]
 METRICS = ["accuracy", "f1_macro", "log_loss"]
@@ -110,7 +110,7 @@ def tracking_client(root: Path) -> Any:
 
 
 def frame_rows(df: Any) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in df[compare.COLUMNS].itertuples(index=False, name=None)]
+    return [tuple(r) for r in df[stitch.COLUMNS].itertuples(index=False, name=None)]
 
 
 # -- mlfork metrics ----------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def frame_rows(df: Any) -> list[tuple[Any, ...]]:
 
 def test_stitched_fork_of_a_fork_is_the_ancestors_points_then_its_own(proj: Path) -> None:
     df = mlfork.metrics(str(proj), "lr2", source="tracking")
-    assert list(df.columns) == compare.COLUMNS
+    assert list(df.columns) == stitch.COLUMNS
     assert df.attrs["source"] == "tracking" and df.attrs["reader"] == "sql"
     base, lr, lr2 = (git_series(proj, r) for r in ("base", "lr", "lr2"))
     expected = []
@@ -175,7 +175,7 @@ def test_the_tracking_store_git_and_the_api_path_agree(proj: Path) -> None:
 def test_stitching_from_the_lineage_tags_alone(proj: Path) -> None:
     """Without a project (the benchmark's path): the lineage from `mlfork.lineage`."""
     uri = f"sqlite:///{proj}/.mlfork/local/mlflow.db"
-    from_tags = compare.stitch(uri, proj.name, ["lr2", "mid"])
+    from_tags = stitch.stitch(uri, proj.name, ["lr2", "mid"])
     assert frame_rows(from_tags) == frame_rows(mlfork.metrics(str(proj), ["lr2", "mid"]))
 
 
@@ -259,7 +259,7 @@ def test_metric_no_run_logged_names_the_metrics_that_exist(proj: Path) -> None:
 
 def test_metrics_cli_formats(proj: Path) -> None:
     records = json.loads(ok(cli(proj, "metrics", "lr2", "mid", "--json")).stdout)
-    assert set(records[0]) == set(compare.COLUMNS)
+    assert set(records[0]) == set(stitch.COLUMNS)
     assert records == json.loads(ok(cli(proj, "metrics", "lr2", "mid", "--format", "json")).stdout)
     expected = mlfork.metrics(str(proj), ["lr2", "mid"])
     assert [(r["run"], r["owner"], r["iteration"], r["metric"], r["inherited"])

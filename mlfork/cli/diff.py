@@ -23,7 +23,7 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
     \b
     Example: mlfork diff base lr
     """
-    from mlfork.ops.comparing.stitch import diff
+    from mlfork.ops.comparing.diff import diff
 
     if as_json and as_md:
         raise click.UsageError("--json and --md exclude each other")

@@ -10,7 +10,7 @@ from mlfork.cli._options import json_option
 from mlfork.cli._output import emit_json, note
 
 if TYPE_CHECKING:
-    from mlfork.ops.comparing.stitch import TreeNode
+    from mlfork.ops.comparing.tree import TreeNode
 
 
 @click.command("tree")
@@ -20,7 +20,7 @@ def command(as_json: bool) -> None:
     the fork was made (@N: after iteration N; @N/STAGE: inside it, after STAGE), each node
     the run's status, iterations done/budget and headline metric. `*` marks the run checked
     out."""
-    from mlfork.ops.comparing.stitch import tree
+    from mlfork.ops.comparing.tree import tree
 
     roots = tree()
     if as_json:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlfork.errors import OutputPathError, UsageError
-from mlfork.ops.comparing import stitch as compare
+from mlfork.ops.comparing import diff as diffs
+from mlfork.ops.comparing import stitch
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 
@@ -127,7 +128,7 @@ def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
 # -- figure ------------------------------------------------------------------------------------
 
 
-def fork_lines(chains: dict[str, list[compare.Link]], runs: Sequence[str],
+def fork_lines(chains: dict[str, list[stitch.Link]], runs: Sequence[str],
                x: XAxis = "iteration") -> list[ForkLine]:
     """One line per fork point in the lineages of `runs` (at the fork iteration; half an
     iteration earlier for a fork inside an iteration), shifted for `since-fork`."""
@@ -147,7 +148,7 @@ def fork_lines(chains: dict[str, list[compare.Link]], runs: Sequence[str],
     return sorted(out.values(), key=lambda f: (f.x, f.run))
 
 
-def _shift(chain: list[compare.Link]) -> int:
+def _shift(chain: list[stitch.Link]) -> int:
     """`since-fork`: x = iteration - the last iteration the run inherited, so that its first
     own iteration is at 1 whether it forked after or inside an iteration (0 for a root)."""
     if len(chain) < 2 or chain[-1].until is None:
@@ -157,13 +158,13 @@ def _shift(chain: list[compare.Link]) -> int:
 
 def build_figure(
     df: pd.DataFrame,
-    chains: dict[str, list[compare.Link]],
+    chains: dict[str, list[stitch.Link]],
     runs: Sequence[str],
     metric: str,
     x: XAxis = "iteration",
     title: str | None = None,
 ) -> tuple[Figure, list[ForkLine]]:
-    """The figure of `metric`'s stitched series of `runs` (df as `compare.metrics` returns
+    """The figure of `metric`'s stitched series of `runs` (df as `stitch.metrics` returns
     it). Inherited stretches are drawn faint, a run's own points bold; the own line starts
     at the last inherited point so that each curve stays continuous."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -212,7 +213,7 @@ def build_figure(
             textcoords="offset points", rotation=90, va="top", ha="left", fontsize=8,
             color=c,
         )
-    better = "lower is better" if compare.direction(metric) == "lower" else "higher is better"
+    better = "lower is better" if diffs.direction(metric) == "lower" else "higher is better"
     ax.set_xlabel("iteration" if x == "iteration" else "iterations since the run's fork point")
     ax.set_ylabel(f"{metric} ({better})")
     ax.set_title(title or f"{metric}: stitched over forks ({', '.join(runs)})", fontsize=11)
@@ -240,24 +241,24 @@ def figure(
     *,
     metric: str | None = None,
     x: XAxis = "iteration",
-    source: compare.Source = "auto",
+    source: stitch.Source = "auto",
 ) -> tuple[Figure, PlotResult]:
     """The figure `mlfork plot` saves, and what it shows (nothing written)."""
     if x not in ("iteration", "since-fork"):
         raise UsageError(f"--x must be 'iteration' or 'since-fork', got {x!r}")
     project = Project.open(path, require_dvc=False)
-    names = compare.resolve_runs(project, runs)
+    names = stitch.resolve_runs(project, runs)
     if metric is None:
         metric = lineage.headline_at(project, lineage.tip(project, names[0]))[0]
-    if not compare.logs_metrics(project, names):
-        raise compare.NotFound(f"{compare.NO_METRICS}: nothing to plot")
+    if not stitch.logs_metrics(project, names):
+        raise stitch.NotFound(f"{stitch.NO_METRICS}: nothing to plot")
     if metric is None:  # no val_metric: the first metric logged
-        every = compare.metrics(path, names, source=source)
+        every = stitch.metrics(path, names, source=source)
         if every.empty:
-            raise compare.NotFound(f"no metric was logged by {', '.join(names)}: nothing to plot")
+            raise stitch.NotFound(f"no metric was logged by {', '.join(names)}: nothing to plot")
         metric = str(sorted(every["metric"].unique())[0])
-    df = compare.metrics(path, names, metrics=[metric], source=source)
-    chains = {n: compare.chain_from_git(project, n) for n in names}
+    df = stitch.metrics(path, names, metrics=[metric], source=source)
+    chains = {n: stitch.chain_from_git(project, n) for n in names}
     fig, lines = build_figure(df, chains, names, metric, x)
     return fig, PlotResult(None, metric, names, x, lines, str(df.attrs.get("source", "")))
 
@@ -269,7 +270,7 @@ def plot(
     output: str | os.PathLike[str] | None = None,
     metric: str | None = None,
     x: XAxis = "iteration",
-    source: compare.Source = "auto",
+    source: stitch.Source = "auto",
 ) -> PlotResult:
     """`mlfork plot`: save the stitched curves to `output` (.png or .svg; default
     `<first run>-<metric>.png` in the current folder)."""

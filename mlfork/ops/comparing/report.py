@@ -17,9 +17,10 @@ from typing import Any
 
 from mlfork import naming
 from mlfork.errors import UsageError
-from mlfork.ops.comparing import plot
-from mlfork.ops.comparing import stitch as compare
-from mlfork.ops.comparing.stitch import DiffResult, Link
+from mlfork.ops.comparing import diff as diffs
+from mlfork.ops.comparing import plot, stitch
+from mlfork.ops.comparing.diff import DiffResult
+from mlfork.ops.comparing.stitch import Link
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 
@@ -75,7 +76,7 @@ def badge(verdict: str | None) -> str:
 
 
 def arrow(metric: str) -> str:
-    return "↓" if compare.direction(metric) == "lower" else "↑"
+    return "↓" if diffs.direction(metric) == "lower" else "↑"
 
 
 def table(headers: list[str], rows: list[list[str]], align: str = "") -> list[str]:
@@ -86,7 +87,7 @@ def table(headers: list[str], rows: list[list[str]], align: str = "") -> list[st
     return lines
 
 
-def _at(fp: compare.ForkPoint | None) -> str:
+def _at(fp: diffs.ForkPoint | None) -> str:
     if fp is None:
         return "no shared checkpoint"
     return f"`{fp.run}` iteration {fp.iteration} `{fp.step}` (`{fp.commit[:10]}`)"
@@ -117,7 +118,7 @@ def config_section(d: DiffResult, h: str) -> list[str]:
 def metrics_section(d: DiffResult, h: str, title: str = "Metrics") -> list[str]:
     out = [f"{h} {title}", ""]
     if not d.metrics_logged:
-        return [*out, compare.NO_METRICS[0].upper() + compare.NO_METRICS[1:] + ".", ""]
+        return [*out, stitch.NO_METRICS[0].upper() + stitch.NO_METRICS[1:] + ".", ""]
     if not d.metrics:
         return [*out, "No metric point was logged yet.", ""]
     fp = d.fork_point
@@ -244,14 +245,14 @@ def report(
     output: str | os.PathLike[str] = "report.md",
     assets: str | os.PathLike[str] | None = None,
     force: bool = False,
-    source: compare.Source = "auto",
+    source: stitch.Source = "auto",
 ) -> ReportResult:
     """`mlfork report FORK`: write the pull-request report of FORK against BASE (default:
     its parent) to `output`, and its plot into `assets` (default: the report's folder)."""
     project = Project.open(path, require_dvc=False)
     fork = lineage.resolve_run(project, fork)
     rec = lineage.record(project, fork)
-    chain = compare.chain_from_git(project, fork)
+    chain = stitch.chain_from_git(project, fork)
     ancestors = [link.run for link in chain[:-1]]
     if base is None:
         if rec.parent is None:
@@ -272,9 +273,9 @@ def report(
     target = plot.check_output(output, "report")
     folder = plot.check_folder(assets, "assets folder") if assets is not None else target.parent
 
-    df = compare.metrics(path, [base, fork], source=source)
-    d = compare.diff(path, base, fork, source=source, frame=df)
-    chains = {base: compare.chain_from_git(project, base), fork: chain}
+    df = stitch.metrics(path, [base, fork], source=source)
+    d = diffs.diff(path, base, fork, source=source, frame=df)
+    chains = {base: stitch.chain_from_git(project, base), fork: chain}
     image = None
     files: list[tuple[Path, bytes]] = []
     metric = d.headline if d.headline in set(df["metric"]) else (
