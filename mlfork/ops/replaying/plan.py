@@ -34,6 +34,7 @@ from mlfork.errors import (
 )
 from mlfork.models import Checkpoint, RunResult
 from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.guard import guarded
 from mlfork.ops.kernel.project import Project, record_text
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.replaying import manifest
@@ -569,7 +570,7 @@ def _start_at(
             raise MalformedFile(naming.RUN_RECORD, f"none at {p.commit[:10]}")
         with project.lock(p.name, "replay") as lock:
             workspace.settle(project, lock, run=lineage.current_run(project))
-            with workspace.guarded(project, lock) as guard:
+            with guarded(project, lock) as guard:
                 record = RunRecord(
                     name=p.name, iterations=p.budget, overrides=list(p.overrides),
                     own_overrides=list(p.overrides),

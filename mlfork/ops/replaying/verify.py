@@ -12,6 +12,7 @@ from typing import Any
 from mlfork import faults, naming
 from mlfork.errors import MalformedFile, MlforkError, NotFound, UsageError
 from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel.guard import Guard
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.replaying import manifest
 from mlfork.ops.replaying.divergence import Comparison, compare, iteration_span
@@ -201,7 +202,7 @@ def _put_back(
             if git.head_branch() != previous:
                 try:
                     workspace.settle(project, lock, run=None)
-                    guard = workspace.Guard(project)
+                    guard = Guard(project)
                     try:
                         workspace.switch(project, guard, lock, previous)
                     except BaseException:

@@ -3,7 +3,7 @@
 Order of writes per stage: the stage runs (DVC writes outputs and dvc.lock), then one git
 commit publishes it with everything the stage changed that git tracks; the MLflow write
 comes last and is idempotent. A command that fails before its first checkpoint puts the
-repository and the workspace back as they were (`workspace.Guard`); one that fails later
+repository and the workspace back as they were (`Guard`); one that fails later
 keeps its checkpoints, and the next command puts the failed stage's leftovers back.
 """
 
@@ -26,6 +26,7 @@ from mlfork.errors import (
 )
 from mlfork.models import Commit, Pipeline, Policy, RunRecord, RunResult
 from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel.guard import Guard
 from mlfork.ops.kernel.project import Project, ProjectLock
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.replaying import capture
@@ -59,7 +60,7 @@ def advance(
     name: str,
     *,
     lock: ProjectLock,
-    guard: workspace.Guard | None = None,
+    guard: Guard | None = None,
     target: int,
     progress: Progress = quiet,
     echo: bool = False,
@@ -232,7 +233,7 @@ def _safe(stage: str) -> str:
 def _prologue(
     project: Project,
     lock: ProjectLock,
-    guard: workspace.Guard | None,
+    guard: Guard | None,
     rec: RunRecord,
     policy: Policy,
     state: _Iteration,

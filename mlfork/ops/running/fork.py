@@ -18,6 +18,7 @@ from mlfork import faults, naming
 from mlfork.errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
 from mlfork.models import Checkpoint, ParentRef, RunRecord, RunResult
 from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel.guard import guarded
 from mlfork.ops.kernel.project import (
     MISSING,
     Composed,
@@ -343,7 +344,7 @@ def _branch(
         progress(Event("note", name, message=message))
 
     workspace.settle(project, lock, run=current, extra=extra, note=note)
-    with workspace.guarded(project, lock) as guard:
+    with guarded(project, lock) as guard:
         result.commit = git.commit_object(cp.commit, files, message, signature=sig)
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         guard.created_branch(fork_branch)
@@ -355,7 +356,7 @@ def _branch(
     _mirror(project, name, progress, timings, started)
     faults.point("branch.mirrored")
     if run:
-        with workspace.guarded(project, lock) as guard:
+        with guarded(project, lock) as guard:
             result.run = advance(
                 project, name, lock=lock, guard=guard, target=budget, progress=progress,
                 echo=echo, signature=sig, argv=argv,

@@ -13,6 +13,7 @@ from mlfork import faults, naming
 from mlfork.errors import ConfigError, ProjectError, UsageError
 from mlfork.models import Pipeline, Policy, RunRecord, RunResult
 from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel.guard import guarded
 from mlfork.ops.kernel.project import Project, ProjectLock, record_text
 from mlfork.ops.running import params
 from mlfork.ops.running.common import (
@@ -151,7 +152,7 @@ def _start(
         progress(Event("warning", name, message=message))
 
     workspace.settle(project, lock, run=None, note=noter(progress, name))
-    with workspace.guarded(project, lock) as guard:
+    with guarded(project, lock) as guard:
         resume = handoff_files(plan.policy)
         guard.save(
             workspace.output_paths(plan.pipeline)
@@ -267,7 +268,7 @@ def _resume(
     current = lineage.current_run(project)
     workspace.check(project, project.pipeline(), run=current, extra=extra)
     workspace.settle(project, lock, run=current, extra=extra, note=noter(progress, name))
-    with workspace.guarded(project, lock) as guard:
+    with guarded(project, lock) as guard:
         if current != name:
             workspace.switch(project, guard, lock, naming.branch_name(name),
                              note=noter(progress, name))
