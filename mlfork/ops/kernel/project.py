@@ -6,14 +6,11 @@ The project's root is its DVC root, which may be a subfolder of the git reposito
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,8 +20,10 @@ import yaml
 
 from mlfork import naming
 from mlfork.adapters.git import GitRepo
-from mlfork.errors import MalformedFile, NotADvcProject, OverrideError, ProjectLocked
+from mlfork.errors import MalformedFile, NotADvcProject, OverrideError
 from mlfork.models import Pipeline, Policy, RunRecord
+from mlfork.ops.kernel import lock as locks
+from mlfork.ops.kernel.lock import ProjectLock
 
 if TYPE_CHECKING:
     from mlfork.adapters.dvc import DvcProject
@@ -303,193 +302,19 @@ class Project:
         nothing in the working tree (a refused command leaves it byte for byte)."""
         return self.git.git_dir / naming.lock_name(self.git.prefix)
 
-    def _lock_payload(self) -> dict[str, Any]:
-        try:
-            loaded = json.loads(self.lock_path.read_text("utf-8") or "{}")
-        except (OSError, ValueError):
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
-
     def last_work(self) -> dict[str, Any] | None:
         """What the last holder of the lock was in the middle of (a stage, a switch) if it
         died there; None if it finished cleanly. Under the lock, what the lock found."""
-        held = _HELD.get(str(self.lock_path))
-        if held is not None:
-            return held.interrupted_work
-        payload = self._lock_payload()
-        if _alive(payload):
-            return None  # still at work: not leftovers
-        work = payload.get("working")
-        return dict(work) if isinstance(work, dict) else None
+        return locks.last_work(self)
 
     def lock_holder(self) -> dict[str, Any]:
-        """Who holds the project lock right now ({} if nobody). Reads the holder's record
-        and checks that its process lives: a reader never takes the lock."""
-        payload = self._lock_payload()
-        return payload if _alive(payload) else {}
+        """Who holds the project lock right now ({} if nobody)."""
+        return locks.holder(self)
 
-    @contextmanager
-    def lock(self, run: str, command: str) -> Iterator[ProjectLock]:
-        """One mlfork writer per project, from a command's first check to its last write.
-        Re-entrant within a process: an operation that calls another (verify forks and
-        resumes) holds it once. The OS drops the lock when the holder dies."""
-        path = self.lock_path
-        key = str(path)
-        if key in _HELD:
-            held = _HELD[key]
-            outer = (held.run, held.command)
-            held.run, held.command, held.depth = run, command, held.depth + 1
-            held.update()
-            try:
-                yield held
-            finally:
-                held.run, held.command = outer
-                held.depth -= 1
-                held.update()
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")  # noqa: SIM115
-        try:
-            deadline = time.monotonic() + LOCK_WAIT
-            while True:  # a short command (a fork) holding it is waited for, briefly
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.monotonic() < deadline:
-                        time.sleep(0.05)
-                        continue
-                fh.seek(0)
-                try:
-                    holder = json.loads(fh.read() or "{}")
-                except ValueError:
-                    holder = {}
-                raise ProjectLocked(
-                    int(holder.get("pid", 0)), holder.get("command", "unknown")
-                ) from None
-            fh.seek(0)
-            previous = fh.read()
-            # what a killed command saved to roll back with: the next command resumes
-            # from the last commit instead (the lock says what was in progress)
-            import shutil
-
-            shutil.rmtree(self.root / naming.GUARD_DIR, ignore_errors=True)
-            lock = ProjectLock(fh, run, command, previous)
-            lock.reap_orphans(previous)
-            lock.update()
-            _HELD[key] = lock
-            try:
-                yield lock
-                lock.idle()
-            finally:
-                del _HELD[key]
-                lock.release()
-        finally:
-            fh.close()
-
-
-_HELD: dict[str, ProjectLock] = {}  # lock path -> the lock this process holds
-LOCK_WAIT = 5.0  # seconds a command waits for another one's lock before it refuses
-
-
-def _alive(payload: dict[str, Any]) -> bool:
-    """Is the process a lock record names still running (the same process, not a reused
-    pid)?"""
-    import psutil
-
-    try:
-        proc = psutil.Process(int(payload.get("pid") or 0))
-        started = float(payload.get("started") or 0)
-        return proc.pid > 0 and (not started or abs(proc.create_time() - started) < 0.01)
-    except (psutil.Error, TypeError, ValueError):
-        return False
-
-
-class ProjectLock:
-    def __init__(self, fh: Any, run: str, command: str, previous: str = "") -> None:
-        import psutil
-
-        self._fh = fh
-        self.run = run
-        self.command = command
-        self.depth = 0
-        self.started = psutil.Process().create_time()
-        self.children: list[tuple[int, float]] = []
-        self.working: dict[str, Any] | None = None
-        try:
-            loaded = json.loads(previous or "{}")
-        except ValueError:
-            loaded = {}
-        self.previous: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
-
-    @property
-    def interrupted_work(self) -> dict[str, Any] | None:
-        """What the previous holder was in the middle of when it died (a stage of a run, a
-        switch), or None if it finished cleanly."""
-        work = self.previous.get("working")
-        return dict(work) if isinstance(work, dict) else None
-
-    def update(self, children: list[tuple[int, float]] | None = None) -> None:
-        if children is not None:
-            self.children = children
-        payload = {
-            "pid": os.getpid(),
-            "started": self.started,
-            "run": self.run,
-            "command": self.command,
-            "children": self.children,
-            "working": self.working,
-        }
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(json.dumps(payload))
-        self._fh.flush()
-
-    def work(self, **what: Any) -> None:
-        """Mark the workspace as being changed (a stage running, a switch): if this process
-        dies, the next holder knows the changes it finds are leftovers, not a user's."""
-        self.working = dict(what)
-        self.update()
-
-    def idle(self) -> None:
-        """The workspace is consistent again (committed, or put back)."""
-        self.working = None
-        self.children = []
-        self.update()
-
-    def release(self) -> None:
-        """Let go: the record says nobody holds the lock, unless work was left half done
-        (a failed stage's leftovers: the next holder puts them back)."""
-        if self.working is None:
-            self._fh.seek(0)
-            self._fh.truncate()
-            self._fh.flush()
-
-    @staticmethod
-    def reap_orphans(previous: str, grace: float = 30.0) -> None:
-        """Stage processes of an mlfork that was killed may still be writing outputs:
-        wait for them (then kill them) before touching the workspace."""
-        import psutil
-
-        try:
-            children = list(json.loads(previous or "{}").get("children") or [])
-        except (ValueError, AttributeError):
-            return
-        procs = []
-        for pid, created in children:
-            try:
-                proc = psutil.Process(int(pid))
-                if abs(proc.create_time() - float(created)) < 0.01:  # not a reused pid
-                    procs.append(proc)
-            except (psutil.Error, TypeError, ValueError):
-                continue
-        if not procs:
-            return
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+    def lock(self, run: str, command: str) -> AbstractContextManager[ProjectLock]:
+        """One mlfork writer per project, from a command's first check to its last write
+        (re-entrant within a process)."""
+        return locks.acquire(self, run, command)
 
 
 def _parse_params(path: str, text: bytes) -> dict[str, Any]:
