@@ -17,7 +17,7 @@ and manifest. Then, side by side in this process:
    cache hits included) prove that the SIZE of DVC data is not read again; for scale, the
    re-hash a tool without DVC's hashes would need (`md5sum` of the data) is timed too.
 2. SHA-256 of a non-DVC file of SIZE (`raw/untracked.bin`, outside git and DVC):
-   `mlfork.ops.replaying.manifest.sha256_file` (1 MiB chunks, streamed) against `sha256sum`,
+   `mlfork.ops.replaying.datasets.sha256_file` (1 MiB chunks, streamed) against `sha256sum`,
    interleaved R times each with the file in the page cache; throughput = SIZE / time.
 3. For completeness: a capture whose locked key names that non-DVC file, with its hash
    already in the per-project hash cache (size, mtime, inode unchanged), as every iteration
@@ -170,7 +170,7 @@ def main() -> int:
         args["project"].close()
 
         # 2. SHA-256 of a non-DVC file against sha256sum, page cache warm, interleaved
-        from mlfork.ops.replaying import manifest
+        from mlfork.ops.replaying import datasets
 
         subprocess.run(["cat", str(untracked)], stdout=subprocess.DEVNULL, check=True)  # cached
         ours, theirs = [], []
@@ -182,7 +182,7 @@ def main() -> int:
             theirs.append(time.perf_counter() - start)
             digest_theirs = proc.stdout.split()[0]
             start = time.perf_counter()
-            digest_ours = manifest.sha256_file(untracked)
+            digest_ours = datasets.sha256_file(untracked)
             ours.append(time.perf_counter() - start)
         assert digest_ours == digest_theirs, (digest_ours, digest_theirs)
         tp_ours, tp_theirs = size / median(ours), size / median(theirs)
@@ -227,7 +227,7 @@ def main() -> int:
         ["SHA-256 of a non-DVC file", "median", "throughput"],
         [
             ["sha256sum", ms(median(theirs)), f"{tp_theirs / (1 << 20):.0f} MiB/s"],
-            ["mlfork (manifest.sha256_file)", ms(median(ours)), f"{tp_ours / (1 << 20):.0f} MiB/s"],
+            ["mlfork (datasets.sha256_file)", ms(median(ours)), f"{tp_ours / (1 << 20):.0f} MiB/s"],
         ],
     ))
     print()

@@ -131,7 +131,8 @@ def replay(path: str = ".", run: str | None = None, **options: Any) -> Any:
     """`mlfork replay RUN` -> ops.replay.ReplayPlan (commands, environment diff, dataset
     checks); iteration. With launch=True (`--launch`) -> ops.replay.ReplayResult (the
     replay run and its comparison with the original); force, name, progress."""
-    from mlfork.ops.replaying.plan import launch, plan
+    from mlfork.ops.replaying.launch import launch
+    from mlfork.ops.replaying.plan import plan
 
     if options.pop("launch", False):
         return launch(path=path, run=run, **options)

@@ -28,7 +28,7 @@ from conftest import cli, copy_project, dvc, git
 import mlfork
 from mlfork.errors import MalformedFile
 from mlfork.models import RunRecord
-from mlfork.ops.replaying import manifest
+from mlfork.ops.replaying import datasets, fingerprint, manifest
 
 MANIFEST = ".mlfork/replay.json"
 STAGES = ["data_split", "train", "evaluate"]
@@ -236,14 +236,14 @@ def test_a_malformed_manifest_is_a_clear_error(text: str, reason: str) -> None:
 
 
 def test_the_environment_diff_has_one_line_per_differing_field() -> None:
-    current = manifest.environment()
+    current = fingerprint.environment()
     recorded = json.loads(json.dumps(current))
-    assert manifest.diff_environment(recorded) == []
+    assert fingerprint.diff_environment(recorded) == []
     recorded["python"] = "2.7.18"
     recorded["packages"]["mlflow"] = "0.0.1"
     recorded["packages"]["torch"] = "1.0.0"
     recorded["packages_hash"] = "0" * 64
-    lines = [c.line() for c in manifest.diff_environment(recorded)]
+    lines = [c.line() for c in fingerprint.diff_environment(recorded)]
     assert lines == [
         f"python: '2.7.18' -> '{current['python']}'",
         f"packages.mlflow: '0.0.1' -> '{current['packages']['mlflow']}'",
@@ -262,7 +262,7 @@ def test_forking_or_resuming_in_another_environment_warns_with_the_diff(
     m["environment"]["packages"]["mlflow"] = "0.0.1"
     path.write_text(json.dumps(m))
     git(root, "commit", "-q", "--amend", "--no-edit", MANIFEST)  # the trailers stay
-    mlflow_now = manifest.environment()["packages"]["mlflow"]
+    mlflow_now = fingerprint.environment()["packages"]["mlflow"]
     expected = [
         f"python: '2.7.18' -> '{platform.python_version()}'",
         f"packages.mlflow: '0.0.1' -> '{mlflow_now}'",
@@ -312,14 +312,14 @@ def test_sha256_streams_like_sha256sum(tmp_path: Path) -> None:
     path.write_bytes(os.urandom((2 << 20) + 12345))
     expected = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True,
                               check=True).stdout.split()[0]
-    assert manifest.sha256_file(path) == expected
-    cache = manifest.HashCache(tmp_path / "hashes.json")
+    assert datasets.sha256_file(path) == expected
+    cache = datasets.HashCache(tmp_path / "hashes.json")
     assert cache.sha256(path, "k") == (expected, path.stat().st_size)
     data = bytearray(path.read_bytes())
     data[1000] ^= 1  # one byte, same size
     path.write_bytes(bytes(data))
     assert cache.sha256(path, "k")[0] == hashlib.sha256(data).hexdigest() != expected
-    reloaded = manifest.HashCache(tmp_path / "hashes.json")
+    reloaded = datasets.HashCache(tmp_path / "hashes.json")
     assert reloaded.entries["k"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
@@ -338,7 +338,7 @@ def test_dvc_data_sources_agree_with_dvc_without_reading_data(project: Path) -> 
         assert proc.returncode == 0, proc.stderr
     def sources() -> dict:
         with DvcProject(root) as project_dvc:
-            return manifest.sources_of(project_dvc.pipeline())
+            return datasets.sources_of(project_dvc.pipeline())
 
     ours = sources()
     theirs = {}  # the .dvc files, read as plain YAML (an independent reader)

@@ -39,6 +39,7 @@ def command(ctx: click.Context, run: str | None, iteration: int | None, launch: 
              mlfork replay base --iteration 1 --launch
     """
     from mlfork.errors import DatasetMismatch, Diverged, UsageError
+    from mlfork.ops.replaying import launch as launching
     from mlfork.ops.replaying import plan as ops
 
     if (force or name) and not launch:
@@ -55,7 +56,7 @@ def command(ctx: click.Context, run: str | None, iteration: int | None, launch: 
             )
         return
     with ProgressView() as view:
-        result = ops.launch(run=run, iteration=iteration, force=force, name=name,
+        result = launching.launch(run=run, iteration=iteration, force=force, name=name,
                             progress=view, echo=verbose(ctx), argv=["mlfork", *sys.argv[1:]])
     if as_json:
         emit_json(result.to_dict())

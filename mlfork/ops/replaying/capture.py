@@ -25,7 +25,7 @@ def write_manifest(
 ) -> None:
     """.mlfork/replay.json for this iteration, committed with its last stage."""
     from mlfork.adapters.tracking import redact_uri
-    from mlfork.ops.replaying import manifest
+    from mlfork.ops.replaying import datasets, manifest
 
     root = project.root
     config = project.params_at_workspace()
@@ -33,11 +33,11 @@ def write_manifest(
     pipeline = project.pipeline()
     exclude = tuple(p for p in (resume_input, policy.checkpoint_output) if p)
     lock_text = lock.read_bytes() if lock.exists() else None
-    data = manifest.datasets(
+    data = datasets.datasets(
         root, config, policy.locked, lock_text,
-        manifest.sources_of(pipeline), manifest.stage_params(pipeline),
-        manifest.stage_outs(pipeline), exclude=exclude,
-        cache=manifest.HashCache(project.local("hashes.json")),
+        datasets.sources_of(pipeline), datasets.stage_params(pipeline),
+        datasets.stage_outs(pipeline), exclude=exclude,
+        cache=datasets.HashCache(project.local("hashes.json")),
     )
     embedded = uri.startswith("sqlite:///") and uri.endswith(naming.TRACKING_DB)
     doc = manifest.build(

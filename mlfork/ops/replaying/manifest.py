@@ -11,29 +11,20 @@ folder names, without parsing their metadata.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import re
-import sys
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from mlfork import naming
 from mlfork.errors import MalformedFile
-from mlfork.models import Pipeline, RunRecord
+from mlfork.models import RunRecord
+from mlfork.ops.replaying import datasets, fingerprint
 
 MANIFEST_VERSION = 1
-KEY_PACKAGES = (
-    "dvc", "pygit2", "hydra-core", "omegaconf", "mlflow", "pandas", "numpy", "scikit-learn",
-    "torch",
-)
-CHUNK = 1 << 20  # SHA-256 streams 1 MiB at a time: a multi-GB file never sits in memory
 REPLAY_SOURCE = naming.REPLAY_MANIFEST
 
 
@@ -41,100 +32,6 @@ def _yaml(text: bytes | str | Any) -> Any:
     """YAML through libyaml when PyYAML has it (10x the pure-Python parser: dvc.lock is
     parsed on every iteration), else the pure-Python safe loader; same results."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
-
-
-_DIST_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)\.(?:dist|egg)-info$")
-
-
-def canonical_name(name: str) -> str:
-    """PEP 503: `Scikit_Learn` -> `scikit-learn`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-@lru_cache(maxsize=1)
-def installed() -> dict[str, str]:
-    """canonical name -> version of every installed distribution (the first on sys.path
-    wins, as for `importlib.metadata.version`). Read from the `name-version.dist-info`
-    folder names, which is what a wheel install writes; a distribution whose folder does
-    not say it (an old `.egg-info`) has its metadata parsed."""
-    from importlib import metadata
-
-    found: dict[str, str] = {}
-    for dist in metadata.distributions():
-        folder = getattr(dist, "_path", None)
-        m = _DIST_DIR.match(getattr(folder, "name", "") or "")
-        if m:
-            name, version = m.group("name"), m.group("version")
-        else:
-            name, version = dist.metadata["Name"] or "", dist.version
-        if name:
-            found.setdefault(canonical_name(name), version)
-    return found
-
-
-@lru_cache(maxsize=1)
-def environment() -> dict[str, Any]:
-    """Python, platform, mlfork and key package versions, and a hash of every installed
-    distribution (name==version, sorted). Computed once per process."""
-    from mlfork import __version__
-
-    everything = installed()
-    packages = {name: everything[name] for name in KEY_PACKAGES if name in everything}
-    lines = sorted(f"{name}=={version}" for name, version in everything.items())
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": f"{sys.platform}-{platform.machine()}",
-        "mlfork": __version__,
-        "packages": packages,
-        "packages_hash": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-        "packages_count": len(lines),
-    }
-
-
-ENV_FIELDS = ("python", "implementation", "platform", "mlfork")
-
-
-@dataclass(frozen=True)
-class EnvChange:
-    """One field of the environment fingerprint that differs (None: absent)."""
-
-    field: str
-    recorded: Any
-    current: Any
-
-    def line(self) -> str:
-        def show(value: Any) -> str:
-            if value is None:
-                return "absent"
-            if self.field == "packages_hash" and isinstance(value, str):
-                value = value[:12]
-            return repr(value)
-
-        return f"{self.field}: {show(self.recorded)} -> {show(self.current)}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def diff_environment(recorded: Any, current: dict[str, Any] | None = None) -> list[EnvChange]:
-    """The fields of a recorded fingerprint that differ from `current` (this machine's)."""
-    recorded = recorded if isinstance(recorded, dict) else {}
-    current = current if current is not None else environment()
-    changes = [
-        EnvChange(name, recorded.get(name), current.get(name))
-        for name in ENV_FIELDS
-        if recorded.get(name) != current.get(name)
-    ]
-    rp = recorded.get("packages") if isinstance(recorded.get("packages"), dict) else {}
-    cp = current.get("packages") or {}
-    for name in sorted(set(rp) | set(cp)):
-        if rp.get(name) != cp.get(name):
-            changes.append(EnvChange(f"packages.{name}", rp.get(name), cp.get(name)))
-    for name in ("packages_hash", "packages_count"):
-        if recorded.get(name) != current.get(name):
-            changes.append(EnvChange(name, recorded.get(name), current.get(name)))
-    return changes
 
 
 def drift_warnings(text: bytes | str | None, source: str = REPLAY_SOURCE) -> list[str]:
@@ -150,60 +47,8 @@ def drift_warnings(text: bytes | str | None, source: str = REPLAY_SOURCE) -> lis
     data = loaded.data
     where = f"{data.get('run')} iteration {data.get('iteration')}"
     head = f"this machine's environment differs from the one that ran {where}"
-    return [*loaded.warnings] + [
-        f"{head}: {change.line()}" for change in diff_environment(data.get("environment"))
-    ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
-class HashCache:
-    """SHA-256 of non-DVC files, remembered by (size, mtime, inode) in .mlfork/local/ so that
-    an unchanged multi-GB file is read once, not every iteration (DVC does the same)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.entries: dict[str, Any] = {}
-        if path is not None and path.exists():
-            try:
-                self.entries = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                self.entries = {}
-
-    def sha256(self, file: Path, key: str) -> tuple[str, int]:
-        st = file.stat()
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        hit = self.entries.get(key)
-        if hit and hit.get("stat") == stamp:
-            return str(hit["sha256"]), st.st_size
-        digest = sha256_file(file)
-        self.entries[key] = {"stat": stamp, "sha256": digest}
-        if self.path is not None:
-            self.path.write_text(json.dumps(self.entries, sort_keys=True), encoding="utf-8")
-        return digest, st.st_size
-
-
-def _walk(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, leaf value) pairs; list items are `key[i]`."""
-    if isinstance(config, dict):
-        out: list[tuple[str, Any]] = []
-        for k, v in config.items():
-            out += _walk(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(config, list):
-        out = []
-        for i, v in enumerate(config):
-            out += _walk(v, f"{prefix}[{i}]")
-        return out
-    return [(prefix, config)]
+    changes = fingerprint.diff_environment(data.get("environment"))
+    return [*loaded.warnings] + [f"{head}: {change.line()}" for change in changes]
 
 
 def safe_tracking(uri: str) -> str:
@@ -258,94 +103,11 @@ def scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-def sources_of(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """`path -> {md5, size[, nfiles]}` of the data `.dvc` files track (the hashes DVC
-    already holds: no data is read)."""
-    found: dict[str, dict[str, Any]] = {}
-    for out in pipeline.sources:
-        entry: dict[str, Any] = {"md5": out.md5, "size": out.size}
-        if out.nfiles is not None:
-            entry["nfiles"] = out.nfiles
-        found[out.path] = entry
-    return dict(sorted(found.items()))
-
-
-def stage_params(pipeline: Pipeline) -> dict[str, list[str]]:
-    """stage -> the params.yaml keys it reads (every key of a whole-file dependency)."""
-    out: dict[str, list[str]] = {}
-    for stage in pipeline.stages:
-        keys: list[str] = []
-        for file, tracked in stage.params:
-            keys += list(tracked) if tracked else (["*"] if file == naming.PARAMS_FILE else [])
-        out[stage.name] = keys
-    return out
-
-
-def stage_outs(pipeline: Pipeline) -> dict[str, list[str]]:
-    """stage -> its data outputs (metrics and plots are results, not inputs)."""
-    return {
-        s.name: [o.path for o in s.outs if not o.metric and not o.plot] for s in pipeline.stages
-    }
-
-
-def datasets(
-    root: Path,
-    config: dict[str, Any],
-    locked: tuple[str, ...],
-    lock_text: bytes | None,
-    dvc_files: dict[str, dict[str, Any]],
-    stage_params: dict[str, list[str]],
-    stage_outs: dict[str, list[str]],
-    exclude: tuple[str, ...] = (),
-    cache: HashCache | None = None,
-) -> dict[str, Any]:
-    """Dataset identity: the outputs of stages that read a locked key and the DVC-tracked
-    files (hashes DVC already holds: nothing is read), plus files a locked key names that
-    DVC does not track (SHA-256, streamed)."""
-    from mlfork.adapters.dvc import lock_outputs
-
-    outs = lock_outputs(lock_text)
-    found: dict[str, Any] = {}
-
-    def reads_locked(params: list[str]) -> bool:
-        return any(p == "*" or p == k or p.startswith(k + ".") or k.startswith(p + ".")
-                   for p in params for k in locked)
-
-    for stage, params in stage_params.items():
-        if not reads_locked(params):
-            continue
-        for out in stage_outs.get(stage, []):
-            if out in outs and out not in exclude:
-                entry = outs[out]
-                found[out] = {"source": "dvc", "md5": entry.get("md5"), "size": entry.get("size")}
-    for path, entry in dvc_files.items():
-        if path not in exclude:
-            found[path] = {"source": "dvc", "md5": entry.get("md5"), "size": entry.get("size")}
-            if entry.get("nfiles") is not None:
-                found[path]["nfiles"] = entry["nfiles"]
-    tracked = set(outs) | set(dvc_files)
-    for key, value in _walk({k: config[k] for k in locked if k in config}):
-        if not isinstance(value, str) or not value or "\n" in value:
-            continue
-        candidate = Path(value) if os.path.isabs(value) else root / value
-        try:
-            if not candidate.is_file():
-                continue
-        except OSError:
-            continue
-        rel = os.path.relpath(candidate, root) if not os.path.isabs(value) else value
-        if rel in tracked:
-            continue
-        hc = cache or HashCache(None)
-        digest, size = hc.sha256(candidate, str(candidate))
-        found[rel] = {"source": "sha256", "sha256": digest, "size": size, "key": key}
-    return dict(sorted(found.items()))
-
-
 def seed_bundle(config: dict[str, Any], pythonhashseed: str) -> dict[str, Any]:
     """The seeds mlfork knows of: the config's `seed` keys and the PYTHONHASHSEED it gave
     the stages. What a stage seeds from them is the stage's own business (not recorded)."""
-    seeds = {k: v for k, v in _walk(config) if k.split(".")[-1] == "seed" or k == "seed"}
+    leaves = datasets.walk_leaves(config)
+    seeds = {k: v for k, v in leaves if k.split(".")[-1] == "seed" or k == "seed"}
     return {
         "config_seed": config.get("seed"),
         "config_seeds": seeds,
@@ -387,7 +149,7 @@ def build(
         "seed": seed_bundle(config, pythonhashseed),
         "config": config,
         "datasets": data,
-        "environment": environment(),
+        "environment": fingerprint.environment(),
         "code_commit": code_commit,
         "user_commits": list(user_commits or []),
         "base_commit": rec.base_commit,

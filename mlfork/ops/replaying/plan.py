@@ -6,9 +6,10 @@
   recorded environment against this machine's, and check every dataset: DVC-tracked data by
   the hash DVC holds at the replay's starting point (no data is read), other files by
   SHA-256, streamed.
-- `launch`: the same, then run it as a new run `<run>-replay-<k>` with DVC's run cache off,
-  and compare every iteration's metrics and DVC output hashes with the original's.
-`mlfork verify` lives in verify.py; the comparison both report, in divergence.py.
+`mlfork replay --launch` (launch.py) runs the plan as a new run `<run>-replay-<k>` with DVC's
+run cache off and compares every iteration with the original's; `mlfork verify` lives in
+verify.py; the comparison both report, in divergence.py; the manifest itself in manifest.py
+(environment in fingerprint.py, dataset identity in datasets.py).
 
 Everything is validated before the first write: a refused replay writes nothing.
 """
@@ -23,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mlfork import faults, naming
+from mlfork import naming
 from mlfork.errors import (
-    DatasetMismatch,
     MalformedFile,
     ManifestMissing,
     MlforkError,
@@ -34,13 +34,10 @@ from mlfork.errors import (
 )
 from mlfork.models import Checkpoint, RunResult
 from mlfork.ops.kernel import lineage
-from mlfork.ops.kernel.guard import guarded
-from mlfork.ops.kernel.project import Project, record_text
+from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import mirror as track
-from mlfork.ops.replaying import manifest
-from mlfork.ops.replaying.divergence import Comparison, compare, iteration_span, str_or_none
-from mlfork.ops.running.common import Event, Progress, check_new_name, now_iso, quiet
-from mlfork.ops.running.engine import advance
+from mlfork.ops.replaying import datasets, fingerprint, manifest
+from mlfork.ops.replaying.divergence import Comparison, iteration_span, str_or_none
 
 # Run-record tags (mirrored to MLflow as tags of the same name) naming what a run replays.
 TAG_REPLAY_OF = naming.TAG_REPLAY_OF
@@ -100,7 +97,7 @@ class ReplayPlan:
     seed: dict[str, Any]
     config: dict[str, Any]
     commands: list[str]
-    environment: list[manifest.EnvChange] = field(default_factory=list)
+    environment: list[fingerprint.EnvChange] = field(default_factory=list)
     datasets: list[DatasetCheck] = field(default_factory=list)
     config_changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -151,7 +148,7 @@ def plan(
     the environment diff against this machine, and the dataset check. Reads only."""
     project = Project.open(path)
     try:
-        return _plan(project, run, iteration, name)
+        return plan_for(project, run, iteration, name)
     finally:
         project.close()
 
@@ -197,7 +194,9 @@ def load_manifest(
     return iteration, _ManifestRef(cp, loaded)
 
 
-def _plan(project: Project, run: str | None, iteration: int | None, name: str | None) -> ReplayPlan:
+def plan_for(
+    project: Project, run: str | None, iteration: int | None, name: str | None
+) -> ReplayPlan:
     from mlfork.ops.running.fork import resolve_overrides
 
     src = lineage.resolve_run(project, run)
@@ -260,7 +259,7 @@ def _plan(project: Project, run: str | None, iteration: int | None, name: str | 
                     f"the fork's overrides {rec.overrides} are not what its own overrides give"
                     f" again ({again}): the replay may compose another config"
                 )
-        moved = _fork_point_moved(project, p.run, p.iteration, p.step, p.commit)
+        moved = fork_point_moved(project, p.run, p.iteration, p.step, p.commit)
         if moved:
             warnings.append(moved)
 
@@ -273,7 +272,7 @@ def _plan(project: Project, run: str | None, iteration: int | None, name: str | 
     )
     result.config_changes = _config_changes(project, rec, start, iteration, m.config, warnings)
     if not m.newer:
-        result.environment = manifest.diff_environment(m.environment)
+        result.environment = fingerprint.diff_environment(m.environment)
         result.datasets = check_datasets(project, m.datasets, start, cp.commit)
     return result
 
@@ -302,7 +301,7 @@ def _relative_back(own: Sequence[str], relative: Sequence[str], completed: int) 
     return out
 
 
-def _fork_point_moved(project: Project, run: str, iteration: int, step: str, commit: str) -> str:
+def fork_point_moved(project: Project, run: str, iteration: int, step: str, commit: str) -> str:
     """'' if `run`'s checkpoint (iteration, step) is still `commit`; else why not."""
     tip = project.git.resolve_branch(naming.branch_name(run))
     if tip is None:
@@ -403,7 +402,7 @@ def _check_file(project: Project, path: str, entry: dict[str, Any], start: str) 
         if size is not None and actual != size:
             return DatasetCheck(path, "sha256", recorded, None, "mismatch", where,
                                 f"{actual} bytes, not {size}")
-        current = manifest.sha256_file(full)
+        current = datasets.sha256_file(full)
     status: DatasetStatus = "match" if current == recorded else "mismatch"
     return DatasetCheck(path, "sha256", recorded, current, status, where)
 
@@ -425,179 +424,3 @@ def _dvc_file_md5(text: bytes, path: str) -> str | None:
 # -- launch ------------------------------------------------------------------------------------
 
 
-class Once:
-    """Forwards progress events, each distinct warning once (fork and resume warn about the
-    same environment drift)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.seen: set[str] = set()
-
-    def __call__(self, event: Event) -> None:
-        if event.kind == "warning":
-            if event.message in self.seen:
-                return
-            self.seen.add(event.message)
-        self.progress(event)
-
-
-def drift_messages(p: ReplayPlan) -> list[str]:
-    head = f"this machine's environment differs from the one that ran {p.original} iteration"
-    return [f"{head} {p.iteration}: {c.line()}" for c in p.environment]
-
-
-def launch(
-    *,
-    path: str | os.PathLike[str] = ".",
-    run: str | None = None,
-    iteration: int | None = None,
-    force: bool = False,
-    name: str | None = None,
-    progress: Progress = quiet,
-    echo: bool = False,
-    argv: Sequence[str] = (),
-) -> ReplayResult:
-    """Relaunch `run` (up to `iteration`) as the new run `name` (default
-    `<run>-replay-<k>`) from the same starting point, with the manifest's overrides and
-    PYTHONHASHSEED, DVC's run cache off; then compare every iteration with the original.
-    Environment drift warns; a dataset that differs refuses (DatasetMismatch) unless
-    `force`. The workspace ends on the replay's branch, as after `mlfork run`."""
-    project = Project.open(path)
-    try:  # one lock over the whole replay: the start or fork, the resume, the comparison
-        with project.lock(run or "", "replay"):
-            return _launch(path=path, run=run, iteration=iteration, force=force, name=name,
-                           progress=progress, echo=echo, argv=argv)
-    finally:
-        project.close()
-
-
-def _launch(
-    *,
-    path: str | os.PathLike[str],
-    run: str | None,
-    iteration: int | None,
-    force: bool,
-    name: str | None,
-    progress: Progress,
-    echo: bool,
-    argv: Sequence[str],
-) -> ReplayResult:
-    from mlfork.ops.running.fork import branch
-    from mlfork.ops.running.start import resume
-
-    say = Once(progress)
-    project = Project.open(path)
-    try:
-        p = _plan(project, run, iteration, name)
-        check_new_name(project, p.name)
-        from mlfork.ops.kernel import workspace
-
-        workspace.check(project, project.pipeline(), run=lineage.current_run(project))
-        bad = p.problems
-        if bad and not force:
-            raise DatasetMismatch(
-                f"{len(bad)} dataset(s) differ from what '{p.original}' used ({bad[0].line()}):"
-                " nothing was launched; restore the data, or pass --force to replay anyway"
-            )
-        if p.fork_from is not None:
-            moved = _fork_point_moved(project, p.fork_from["run"], p.fork_from["iteration"],
-                                      p.fork_from["step"], p.start_commit)
-            if moved:
-                raise NotFound(moved)
-    finally:
-        project.close()
-
-    for message in [*p.warnings, *drift_messages(p)]:
-        say(Event("warning", p.name, message=message))
-    for check in bad:
-        say(Event("warning", p.name, message=f"--force: replaying although {check.line()}"))
-    if p.config_changes:
-        say(Event("warning", p.name, message="the replay composes another config than the"
-                  " manifest's: " + "; ".join(p.config_changes[:5])))
-    tags = [f"{TAG_REPLAY_OF}={p.original}", f"{TAG_REPLAY_ITERATION}={p.iteration}"]
-    seed = p.pythonhashseed or None
-    if p.fork_from is None:  # a root run: from its base commit
-        result = _start_at(path, p, tags, say, echo, argv, seed)
-    else:
-        mid_iteration = p.first_iteration == p.fork_from["iteration"]  # forked after a stage
-        forked = branch(
-            path=path, source=p.fork_from["run"], from_iteration=p.fork_from["iteration"],
-            from_step=p.fork_from["step"] if mid_iteration else None,
-            name=p.name, iterations=p.budget - p.first_iteration, tags=tags,
-            overrides=p.overrides, argv=argv, progress=say,
-        )
-        if forked.fork_commit != p.start_commit:  # a race with a rewrite of the parent
-            raise NotFound(f"'{p.fork_from['run']}' moved while forking: replay '{p.name}' again")
-        more = p.iteration + 1 - p.first_iteration if p.iteration + 1 < p.budget else None
-        result = resume(
-            path=path, run=p.name, iterations=more, run_cache=False, force=True,
-            pythonhashseed=seed, progress=say, echo=echo, argv=argv,
-        )
-    project = Project.open(path)
-    try:
-        replay_tip = lineage.tip(project, p.name)
-        comparison = compare(
-            project, p.commit, replay_tip, range(p.first_iteration, p.iteration + 1),
-            original=p.original, replay=p.name, recomputed=result.recomputed,
-        )
-    finally:
-        project.close()
-    return ReplayResult(plan=p, run=result, comparison=comparison)
-
-
-def _start_at(
-    path: str | os.PathLike[str],
-    p: ReplayPlan,
-    tags: list[str],
-    progress: Progress,
-    echo: bool,
-    argv: Sequence[str],
-    pythonhashseed: str | None,
-) -> RunResult:
-    """`mlfork run` at the original's base commit rather than HEAD: the branch is created
-    there with its run record committed straight into the object database, then checked
-    out (with its DVC outputs); the user's branch is not touched. A failure before the
-    first checkpoint puts everything back."""
-    from mlfork.models import RunRecord
-    from mlfork.ops.kernel import workspace
-
-    project = Project.open(path)
-    try:
-        git = project.git
-        sig = git.signature()
-        original = project.read_record(p.commit)
-        if original is None:
-            raise MalformedFile(naming.RUN_RECORD, f"none at {p.commit[:10]}")
-        with project.lock(p.name, "replay") as lock:
-            workspace.settle(project, lock, run=lineage.current_run(project))
-            with guarded(project, lock) as guard:
-                record = RunRecord(
-                    name=p.name, iterations=p.budget, overrides=list(p.overrides),
-                    own_overrides=list(p.overrides),
-                    options={"timeout": None, "stage_timeout": None}, tags=tags,
-                    argv=list(argv), created=now_iso(), base_commit=p.start_commit,
-                    base_branch=original.base_branch, stages=list(original.stages),
-                )
-                branch = naming.branch_name(p.name)
-                body = (f"replay of {p.original} up to iteration {p.iteration}\n"
-                        f"iterations: {p.budget}")
-                if p.overrides:
-                    body += "\noverrides: " + " ".join(p.overrides)
-                first = git.commit_object(
-                    p.start_commit, {naming.RUN_RECORD: record_text(record).encode()},
-                    naming.format_record_message(p.name, "start run", body), signature=sig,
-                )
-                git.create_branch(branch, first)
-                guard.created_branch(branch)
-                faults.point("replay.created")
-                workspace.switch(project, guard, lock, branch)
-                faults.point("replay.switched")
-                lock.idle()
-                result = advance(
-                    project, p.name, lock=lock, guard=guard, target=p.iteration + 1,
-                    progress=progress, echo=echo, run_cache=False, force=True, signature=sig,
-                    argv=argv, pythonhashseed=pythonhashseed,
-                )
-            return result
-    finally:
-        project.close()

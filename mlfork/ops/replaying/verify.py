@@ -16,7 +16,7 @@ from mlfork.ops.kernel.guard import Guard
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.replaying import manifest
 from mlfork.ops.replaying.divergence import Comparison, compare, iteration_span
-from mlfork.ops.replaying.plan import Once
+from mlfork.ops.replaying.launch import Once
 from mlfork.ops.running.common import Event, Progress, check_new_name, next_free_name, quiet
 
 TAG_VERIFY_OF = naming.TAG_VERIFY_OF
