@@ -118,7 +118,8 @@ def time_capture(args: dict[str, Any], repeat: int) -> tuple[float, list[float],
     import importlib.metadata  # noqa: F401
     import platform  # noqa: F401
 
-    import mlfork.adapters.tracking  # noqa: F401
+    import mlfork.adapters.tracking.store  # noqa: F401
+    import mlfork.adapters.tracking.writer  # noqa: F401
     import mlfork.ops.replaying.manifest  # noqa: F401
     from mlfork.ops.replaying.capture import write_manifest as _write_manifest
 

@@ -158,7 +158,7 @@ def main() -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from mlfork.adapters.tracking import HistoryReader
+    from mlfork.adapters.tracking.reader import HistoryReader
     from mlfork.ops.comparing import stitch
 
     with workdir("mlfork-bench-stitch-", keep=args.keep) as tmp:

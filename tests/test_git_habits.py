@@ -163,7 +163,7 @@ def test_uncommitted_param_edits_are_the_users_and_are_refused(base_project: Pat
 
 
 def test_rm_removes_a_run_and_frees_its_name(base_project: Path) -> None:
-    from mlfork.adapters.tracking import Tracker
+    from mlfork.adapters.tracking.writer import Tracker
 
     root = base_project
     ok(cli(root, "branch", "--from-iteration", "1", "--name", "f", "--no-switch",
@@ -216,7 +216,7 @@ def test_a_run_whose_first_stage_fails_puts_everything_back(project: Path) -> No
     assert git(root, "branch", "--list", "mlfork/*") == ""
     db = root / ".mlfork" / "local" / "mlflow.db"
     if db.exists():  # the tracking store never heard of the run
-        from mlfork.adapters.tracking import Tracker
+        from mlfork.adapters.tracking.writer import Tracker
 
         assert Tracker(f"sqlite:///{db}").find_run("proj", "x") is None
 

@@ -4,7 +4,7 @@ and the difference between two runs (`mlfork diff`).
 A stitched series follows a run's lineage, root first: each ancestor's points up to the fork
 point of the next run, then the run's own. The lineage comes from git (the run records), or,
 without a project (`stitch`), from the `mlfork.lineage` tags; the points come from the
-tracking store in one bulk read (adapters.tracking.HistoryReader), or from git itself
+tracking store in one bulk read (adapters.tracking.reader.HistoryReader), or from git itself
 (`source="git"`: the DVC metrics files at each end-of-iteration checkpoint).
 """
 
@@ -25,7 +25,7 @@ from mlfork.ops.mirroring import mirror as track
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlfork.adapters.tracking import HistoryReader, IndexedRun, PointSegment
+    from mlfork.adapters.tracking.reader import HistoryReader, IndexedRun, PointSegment
 
 Mode = Literal["stitched", "own"]
 Source = Literal["auto", "tracking", "git"]
@@ -48,7 +48,7 @@ class NotIndexed(NotFound):
     """A run of the lineage is missing from the tracking store."""
 
     def __init__(self, run: str, uri: str) -> None:
-        from mlfork.adapters.tracking import redact_uri
+        from mlfork.adapters.tracking.store import redact_uri
 
         super().__init__(
             f"run '{run}' is not in the tracking store {redact_uri(uri)}: run 'mlfork sync'"
@@ -164,7 +164,7 @@ def stitch(
     the experiment's lineage tags, one bulk read of the points. `chains` (from git) skips
     the lineage tags; `fast=False` forces the public MLflow API path; `reader` reuses a
     HistoryReader (and its MLflow client)."""
-    from mlfork.adapters.tracking import HistoryReader, PointSegment
+    from mlfork.adapters.tracking.reader import HistoryReader, PointSegment
 
     reader = reader or HistoryReader(uri, fast=fast)
     index = reader.runs(experiment)

@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from mlfork import naming
-from mlfork.adapters.tracking import RunWrite, Tracker, Undeliverable, default_uri
+from mlfork.adapters.tracking.store import Undeliverable, default_uri
+from mlfork.adapters.tracking.writer import RunWrite, Tracker
 from mlfork.errors import TrackingError
 from mlfork.models import Checkpoint, RunRecord
 from mlfork.ops.kernel import lineage

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlfork import faults
-from mlfork.adapters.tracking import (
+from mlfork.adapters.tracking.store import (
     BrokenStore,
-    Tracker,
     check_sqlite_store,
     check_uri,
     redact_uri,
     sqlite_path,
 )
+from mlfork.adapters.tracking.writer import Tracker
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import mirror as track

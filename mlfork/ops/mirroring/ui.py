@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlfork.adapters.tracking import redact_uri
+from mlfork.adapters.tracking.store import redact_uri
 from mlfork.errors import UsageError
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import mirror as track

@@ -24,7 +24,7 @@ def write_manifest(
     resume_input: str | None,
 ) -> None:
     """.mlfork/replay.json for this iteration, committed with its last stage."""
-    from mlfork.adapters.tracking import redact_uri
+    from mlfork.adapters.tracking.store import redact_uri
     from mlfork.ops.replaying import datasets, manifest
 
     root = project.root

@@ -101,7 +101,7 @@ MANAGED_KEYS = {
 def check_tags(tags: Sequence[str]) -> None:
     """Refuse (before anything is written) a tag MLflow would refuse, or one that would
     overwrite a tag of MLflow's or mlfork's own."""
-    from mlfork.adapters.tracking import TAG_VALUE_LIMIT, key_problem
+    from mlfork.adapters.tracking.store import TAG_VALUE_LIMIT, key_problem
 
     for tag in tags:
         key, _, value = tag.partition("=")

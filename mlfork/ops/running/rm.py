@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlfork import faults, naming
-from mlfork.adapters.tracking import Tracker
+from mlfork.adapters.tracking.writer import Tracker
 from mlfork.errors import TrackingError, UnknownRun, UsageError
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project

@@ -1,0 +1,309 @@
+"""Writes to the tracking store: runs found or created by their `mlfork.run` tag (a key that
+cannot duplicate under concurrency; duplicates left by older versions are repaired), metric
+points with deterministic timestamps, params written once, tags as plain overwrites; values
+MLflow would cut are kept whole as artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlfork import faults, naming
+from mlfork.adapters.tracking.store import (
+    FULL_VALUES,
+    MAX_METRICS,
+    MAX_PARAMS,
+    MAX_TAGS,
+    PARAM_VALUE_LIMIT,
+    REFUSALS,
+    TAG_VALUE_LIMIT,
+    Undeliverable,
+    check_sqlite_store,
+    check_uri,
+    clip,
+    create_sqlite_store,
+    key_problem,
+    reason,
+    redact_uri,
+    sqlite_path,
+)
+from mlfork.errors import TrackingError
+
+
+@dataclass
+class RunWrite:
+    """Everything mlfork writes about one run in one go (JSON-serialisable for the outbox)."""
+
+    run: str
+    experiment: str
+    start_time: int
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    # metric points: [key, value, timestamp_ms, step]
+    metrics: list[list[Any]] = field(default_factory=list)
+    status: str | None = None  # RUNNING, FINISHED, FAILED, KILLED
+    end_time: int | None = None
+    deleted: bool = False  # the run was removed (`mlfork rm`): mark its MLflow run deleted
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunWrite:
+        return cls(**data)
+
+
+class Tracker:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._client: Any = None
+        self._experiments: dict[str, str] = {}
+        self._runs: dict[tuple[str, str], str] = {}
+        self.warnings: list[str] = []  # what a write had to say (a value MLflow would cut)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            check_uri(self.uri)
+            db = sqlite_path(self.uri)
+            if db is not None:
+                path = Path(db)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                check_sqlite_store(path)
+                if not path.exists():
+                    create_sqlite_store(path)
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:  # the store is unreachable, or refuses this write
+            message = (
+                f"the tracking store {redact_uri(self.uri)} could not {what}: {reason(exc)}"
+            )
+            if getattr(exc, "error_code", None) in REFUSALS:
+                raise Undeliverable(message) from exc
+            raise TrackingError(message) from exc
+
+    def experiment_id(self, name: str) -> str:
+        if name in self._experiments:
+            return self._experiments[name]
+        exp = self._call("be read", self.client.get_experiment_by_name, name)
+        if exp is None:
+            # a training experiment: the MLflow 3 UI then opens on its runs, not on GenAI traces
+            kwargs: dict[str, Any] = {"tags": {"mlflow.experimentKind": "custom_model_development"}}
+            if self.uri.startswith("sqlite:///"):
+                db = Path(self.uri[len("sqlite:///") :])
+                kwargs["artifact_location"] = (db.parent / "artifacts").as_uri()
+            try:
+                exp_id = self._call("create an experiment", self.client.create_experiment,
+                                    name, **kwargs)
+            except TrackingError:  # another writer created it first, or the store is down
+                exp = self._call("be read", self.client.get_experiment_by_name, name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self._experiments[name] = exp_id
+        return exp_id
+
+    def _candidates(self, experiment: str, run: str) -> list[Any]:
+        """The active MLflow runs tagged as mlfork run `run`, the canonical one first: the
+        oldest (start time, then id), so that every writer picks the same one."""
+        exp_id = self.experiment_id(experiment)
+        found = self._call(
+            "be searched",
+            self.client.search_runs,
+            [exp_id],
+            filter_string=f"tags.`{naming.TAG_RUN}` = '{run}'",
+            max_results=1000,
+        )
+        return sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    def find_run(self, experiment: str, run: str) -> str | None:
+        key = (experiment, run)
+        if key in self._runs:
+            return self._runs[key]
+        found = self._candidates(experiment, run)
+        if not found:
+            return None
+        self._runs[key] = found[0].info.run_id
+        return self._runs[key]
+
+    def _find_or_create(self, w: RunWrite) -> str:
+        """The MLflow run of `w.run`, created if there is none. Two writers racing (a sync
+        during a run, two clones) may both create one: each then looks again, and all agree
+        on the canonical one; a writer whose own run lost deletes it."""
+        run_id = self.find_run(w.experiment, w.run)
+        if run_id is not None:
+            return run_id
+        created = self._call(
+            "create a run",
+            self.client.create_run,
+            self.experiment_id(w.experiment),
+            start_time=w.start_time,
+            tags={naming.TAG_RUN: w.run},
+            run_name=w.run,
+        )
+        mine = created.info.run_id
+        found = self._candidates(w.experiment, w.run)
+        canonical = found[0].info.run_id if found else mine
+        if canonical != mine:
+            self._call("be written", self.client.delete_run, mine)
+        self._runs[(w.experiment, w.run)] = canonical
+        return str(canonical)
+
+    def repair_duplicates(self, experiment: str) -> int:
+        """Delete every non-canonical MLflow run of an mlfork run that has several (left by
+        an older mlfork, or by writers racing); the number deleted."""
+        exp_id = self.experiment_id(experiment)
+        by_run: dict[str, list[Any]] = {}
+        token = None
+        while True:
+            page = self._call(
+                "be searched", self.client.search_runs, [exp_id],
+                filter_string=f"tags.`{naming.TAG_RUN}` != ''", max_results=1000,
+                page_token=token,
+            )
+            for r in page:
+                by_run.setdefault(r.data.tags.get(naming.TAG_RUN), []).append(r)
+            token = page.token
+            if not token:
+                break
+        deleted = 0
+        for name, found in by_run.items():
+            found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            for extra in found[1:]:
+                self._call("be written", self.client.delete_run, extra.info.run_id)
+                deleted += 1
+            if name and found:
+                self._runs[(experiment, name)] = found[0].info.run_id
+        return deleted
+
+    def run_ids(self, experiment: str) -> dict[str, str]:
+        """mlfork run name -> MLflow run id, for every mlfork run of the experiment."""
+        exp_id = self.experiment_id(experiment)
+        out: dict[str, str] = {}
+        token = None
+        while True:
+            page = self._call(
+                "be searched",
+                self.client.search_runs,
+                [exp_id],
+                filter_string=f"tags.`{naming.TAG_RUN}` != ''",
+                max_results=1000,
+                page_token=token,
+            )
+            for r in page:
+                name = r.data.tags.get(naming.TAG_RUN)
+                if name:
+                    out[name] = r.info.run_id
+            token = page.token
+            if not token:
+                break
+        for name, rid in out.items():
+            self._runs[(experiment, name)] = rid
+        return out
+
+    def write(self, w: RunWrite) -> str:
+        """Apply one RunWrite; idempotent. Returns the MLflow run id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        if w.deleted:
+            for found in self._candidates(w.experiment, w.run):
+                self._call("be written", self.client.delete_run, found.info.run_id)
+            self._runs.pop((w.experiment, w.run), None)
+            return ""
+        run_id = self._find_or_create(w)
+        faults.point("mirror.created")
+        tag_values = dict(w.tags)
+        parent = tag_values.get(naming.TAG_PARENT_RUN)
+        if parent and naming.TAG_MLFLOW_PARENT not in tag_values:
+            parent_id = self.find_run(w.experiment, parent)
+            if parent_id is not None:  # the UI nests the fork under its parent
+                tag_values[naming.TAG_MLFLOW_PARENT] = parent_id
+        tag_values = self._keep_full(run_id, w.run, "tag", tag_values, TAG_VALUE_LIMIT)
+        param_values = self._keep_full(run_id, w.run, "param", dict(w.params), PARAM_VALUE_LIMIT)
+        tags = [RunTag(k, clip(v, TAG_VALUE_LIMIT)) for k, v in sorted(tag_values.items())]
+        params = [Param(k, clip(v, PARAM_VALUE_LIMIT)) for k, v in sorted(param_values.items())]
+        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in w.metrics
+                   if key_problem(k) is None]
+        for i in range(0, len(tags), MAX_TAGS):
+            self._call("be written", self.client.log_batch, run_id, tags=tags[i : i + MAX_TAGS])
+        faults.point("mirror.tags")
+        if params:
+            existing = self._call("be read", self.client.get_run, run_id).data.params
+            params = [p for p in params if p.key not in existing]
+        for i in range(0, len(params), MAX_PARAMS):
+            self._call(
+                "be written", self.client.log_batch, run_id, params=params[i : i + MAX_PARAMS]
+            )
+        for i in range(0, len(metrics), MAX_METRICS):
+            self._call(
+                "be written",
+                self.client.log_batch,
+                run_id,
+                metrics=metrics[i : i + MAX_METRICS],
+            )
+        faults.point("mirror.metrics")
+        if w.status in ("RUNNING", "SCHEDULED"):
+            self._call("be written", self.client.update_run, run_id, status=w.status)
+        elif w.status is not None:
+            self._call("be written", self._terminate, run_id, w.status, w.end_time)
+        return str(run_id)
+
+    def _terminate(self, run_id: str, status: str, end_time: int | None) -> None:
+        """`set_terminated`, without the "View run ... at" lines MLflow prints on stdout
+        for a server (stdout holds only data: `--json` must stay JSON)."""
+        from mlflow.entities import RunStatus
+
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if store is None or not hasattr(store, "update_run_info"):
+            with contextlib.redirect_stdout(None):
+                self.client.set_terminated(run_id, status, end_time=end_time)
+            return
+        store.update_run_info(run_id, run_status=RunStatus.from_string(status),
+                              end_time=end_time, run_name=None)
+
+    def _keep_full(
+        self, run_id: str, run: str, kind: str, values: dict[str, str], limit: int
+    ) -> dict[str, str]:
+        """Values MLflow takes: keys it refuses are left out, and a value longer than it
+        keeps is clipped there with the whole value kept as a run artifact (both said in
+        `warnings`). Git holds every value in full either way."""
+        out: dict[str, str] = {}
+        for key, value in values.items():
+            problem = key_problem(key)
+            if problem is not None:
+                self.warnings.append(
+                    f"the {kind} key {key!r} of run '{run}' was not sent to MLflow: {problem}"
+                    " (git has it)"
+                )
+                continue
+            if len(value) > limit:
+                name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)
+                artifact = f"{FULL_VALUES}/{kind}s/{name}.txt"
+                self._call("be written", self.client.log_text, run_id, value, artifact)
+                self.warnings.append(
+                    f"the {kind} {key!r} of run '{run}' has {len(value)} characters, more than"
+                    f" MLflow keeps ({limit}): it is cut there, and whole in the run's artifact"
+                    f" {artifact}"
+                )
+            out[key] = value
+        return out
+
+    def delete_experiment_runs(self, experiment: str) -> int:
+        """Delete every mlfork run of the experiment (for `mlfork sync --rebuild`)."""
+        ids = self.run_ids(experiment)
+        for rid in ids.values():
+            self._call("be written", self.client.delete_run, rid)
+        self._runs = {k: v for k, v in self._runs.items() if k[0] != experiment}
+        return len(ids)
