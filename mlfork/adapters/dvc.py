@@ -1,5 +1,5 @@
-"""The DVC adapter: the only modules that import dvc are this one and `stages` (which
-supervises the stage processes DVC runs).
+"""The DVC adapter: the only modules that import dvc are this one, `dvc_files` (DVC's files
+read from their bytes) and `stages` (which supervises the stage processes DVC runs).
 
 Everything mlfork knows about a pipeline comes from DVC's own index (`Pipeline`: stages in
 run order with their deps, params and outs, `foreach`/`matrix` items, `vars` and templating
@@ -10,15 +10,14 @@ every output, so a clone whose cache is empty works wherever `dvc repro` works.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mlfork.adapters.dvc_files import first_line, in_dir, lock_outputs, quiet_dvc
 from mlfork.errors import MissingData, NotADvcProject, ProjectError
 from mlfork.models import Out, Pipeline, Stage
 
@@ -26,28 +25,6 @@ LOCK_FILE = "dvc.lock"
 PROJECT_FILE = "dvc.yaml"
 LINK_TYPES = "reflink,hardlink,symlink"
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-
-
-@contextlib.contextmanager
-def quiet_dvc(level: int | None = None) -> Iterator[None]:
-    """DVC logs progress chatter at INFO to our stderr when used as a library: raise its
-    logger's level for the duration (the CLI configures logging; library code must leave
-    it as it found it)."""
-    import logging
-
-    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
-    previous = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(level or logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, old in zip(loggers, previous, strict=True):
-            logger.setLevel(old)
-
-
-def _yaml(text: bytes | str | None) -> Any:
-    return yaml.load(text or b"", Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 class DvcProject:
@@ -138,7 +115,7 @@ class DvcProject:
                         name = next(iter(item)) if isinstance(item, dict) else str(item)
                         top_plots.append(rel(os.path.join(os.path.dirname(f), name)))
         except DvcException as exc:
-            raise ProjectError(f"DVC cannot read the pipeline: {_first_line(exc)}") from exc
+            raise ProjectError(f"DVC cannot read the pipeline: {first_line(exc)}") from exc
         pipeline_stages = [s for s in all_stages if isinstance(s, PipelineStage)]
         order = {s: i for i, s in enumerate(pipeline_stages)}
         done: list[Any] = []
@@ -277,12 +254,12 @@ class DvcProject:
         import logging
 
         try:
-            with quiet_dvc(logging.ERROR), _cwd(self.root):
+            with quiet_dvc(logging.ERROR), in_dir(self.root):
                 count = int(self.repo.fetch(targets=list(paths), remote=remote) or 0)
         except (NoRemoteError, DvcException) as exc:
             raise MissingData(
                 f"{why}: {shown} is in neither the workspace nor the DVC cache, and fetching it"
-                f" from DVC remote '{remote}' failed ({_first_line(exc)}): check the remote,"
+                f" from DVC remote '{remote}' failed ({first_line(exc)}): check the remote,"
                 f" then run '{pull}'"
             ) from exc
         still = self.missing_from_cache(paths)
@@ -310,7 +287,7 @@ class DvcProject:
         )
         if ready:
             try:
-                with quiet_dvc(), _cwd(self.root):
+                with quiet_dvc(), in_dir(self.root):
                     self.repo.checkout(targets=[o.fs_path for o in ready], force=True)
             except CheckoutError as exc:
                 raise ProjectError(f"DVC could not link outputs from its cache ({exc})") from exc
@@ -415,7 +392,7 @@ class DvcProject:
                 found = _collect_metrics(repo)
         except (DvcException, OSError) as exc:
             raise ProjectError(
-                f"DVC cannot read the metrics of commit {rev[:10]}: {_first_line(exc)}"
+                f"DVC cannot read the metrics of commit {rev[:10]}: {first_line(exc)}"
             ) from exc
         return [p.lstrip("/") for p in found]
 
@@ -430,134 +407,4 @@ class DvcProject:
         except Exception:  # not in the cache, an unreadable tree: no value
             return None
 
-    @staticmethod
-    def parse_metrics(path: str, data: bytes) -> dict[str, float]:
-        """A metrics file's numbers, flattened to `a.b -> float` (DVC's parser for the
-        file's suffix: JSON, YAML, TOML)."""
-        import math
 
-        from dvc.repo.metrics.show import _extract_metrics
-        from dvc.utils.serialize import PARSERS
-
-        suffix = os.path.splitext(path)[1].lower()
-        try:
-            loaded = PARSERS[suffix](data.decode("utf-8"), path)
-        except Exception:  # a half-written or foreign file: no values
-            return {}
-        out: dict[str, float] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-            elif (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and math.isfinite(float(value))):
-                out[prefix] = float(value)
-
-        walk("", _extract_metrics(loaded, path))
-        return out
-
-
-@functools.lru_cache(maxsize=64)
-def _lock_entries(lock_text: bytes | str | None, kind: str) -> dict[str, dict[str, Any]]:
-    if not lock_text:
-        return {}
-    try:
-        data = _yaml(lock_text) or {}
-    except yaml.YAMLError:
-        return {}
-    found: dict[str, dict[str, Any]] = {}
-    for stage in (data.get("stages") or {}).values() if isinstance(data, dict) else ():
-        for item in (stage or {}).get(kind) or []:
-            if isinstance(item, dict) and "path" in item:
-                found[str(item["path"])] = {k: v for k, v in item.items() if k != "path"}
-    return found
-
-
-def lock_outputs(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
-    """`path -> {md5, size, ...}` of every stage output in a dvc.lock text (paths relative
-    to the lock file's folder, as DVC writes them). Parsed once per text: do not mutate."""
-    return _lock_entries(lock_text, "outs")
-
-
-def lock_deps(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
-    """The same for every stage dependency."""
-    return _lock_entries(lock_text, "deps")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    """DVC's Python API resolves stage names and stage-cache paths against the process's
-    working directory (its CLI always runs inside the repository): work from the root."""
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def apply_params_overrides(
-    text: bytes, path: str, overrides: list[tuple[str, str]]
-) -> bytes:
-    """A params file's bytes with overrides applied the way `dvc exp run -S` applies them
-    (Hydra's grammar; the file keeps its format and comments). `overrides` are
-    (as the user wrote it, the override without its `file:` prefix).
-
-    Application is idempotent, so that the same overrides can be applied again to a file
-    that already has them (each iteration starts from the committed file, which may hold
-    a user's edits): `+key=v` on an existing key sets it, `~key` on a missing key does
-    nothing. An override Hydra refuses is an OverrideError naming it."""
-    import tempfile
-
-    from dvc.exceptions import DvcException
-    from dvc.utils.hydra import apply_overrides
-    from dvc.utils.serialize import PARSERS
-
-    from mlfork.errors import OverrideError
-
-    suffix = os.path.splitext(path)[1].lower() or ".yaml"
-    with tempfile.TemporaryDirectory(prefix="mlfork-params-") as tmp:
-        target = Path(tmp) / f"params{suffix}"
-        target.write_bytes(text)
-        for shown, body in overrides:
-            try:
-                data = PARSERS[suffix](target.read_text(encoding="utf-8"), path) or {}
-            except DvcException as exc:
-                raise OverrideError(shown, f"'{path}' cannot be read: {_first_line(exc)}") \
-                    from exc
-            once = _idempotent(body, data)
-            if once is None:
-                continue
-            try:
-                with quiet_dvc(50):
-                    apply_overrides(str(target), [once])
-            except DvcException as exc:
-                cause = exc.__cause__ or exc
-                reason = _first_line(cause).replace(str(target), path)
-                raise OverrideError(shown, f"{reason} (in '{path}')") from exc
-        return target.read_bytes()
-
-
-def _idempotent(override: str, data: Any) -> str | None:
-    """`override` adjusted so that applying it twice gives what applying it once gives."""
-    prefix = "++" if override.startswith("++") else override[:1] if override[:1] in "+~" else ""
-    key = override[len(prefix):].split("=", 1)[0]
-    node: Any = data
-    exists = True
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            exists = False
-            break
-    if prefix == "+" and exists:
-        return "++" + override[1:]
-    if prefix == "~" and not exists:
-        return None
-    return override

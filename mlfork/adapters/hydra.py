@@ -26,25 +26,17 @@ def resolver_uses(text: bytes | str) -> list[tuple[str, str]]:
     else the resolver reads, and the result is committed."""
     import yaml
 
+    from mlfork.nested import flatten, load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError:
         return []
     found: list[tuple[str, str]] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(f"{prefix}[{i}]", v)
-        elif isinstance(value, str):
-            m = RESOLVER.search(value)
-            if m:
-                found.append((prefix, m.group(1)))
-
-    walk("", data)
+    for key, value in flatten(data, lists=True).items():
+        m = RESOLVER.search(value) if isinstance(value, str) else None
+        if m:
+            found.append((key, m.group(1)))
     return found
 
 
@@ -184,8 +176,3 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
-def to_yaml(data: dict[str, Any]) -> str:
-    """params.yaml text: block style, keys in config order."""
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlfork import naming
-from mlfork.adapters.dvc import DvcProject, _cwd, quiet_dvc
+from mlfork.adapters.dvc import DvcProject
+from mlfork.adapters.dvc_files import in_dir, quiet_dvc
 from mlfork.errors import MlforkError
 
 GRACE = 5.0  # seconds a stage gets to stop after Ctrl-C, then after SIGINT
@@ -77,7 +78,7 @@ def run_stage(
     env = {**env, STAGE_ENV: token}
     watchdog = _Watchdog(deadline, on_children, token)
     try:
-        with _cwd(dvc.root), _capture_fds(log_path, tail, echo), watchdog, quiet_dvc():
+        with in_dir(dvc.root), _capture_fds(log_path, tail, echo), watchdog, quiet_dvc():
             result = _interruptible(
                 lambda: dvc.repo.reproduce(
                     name, single_item=True, run_cache=run_cache, run_env=env, force=force

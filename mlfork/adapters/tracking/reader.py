@@ -118,13 +118,13 @@ class HistoryReader:
 
     def _runs_api(self, experiment: str) -> dict[str, IndexedRun]:
         client = self.tracker.client
-        exp = self.tracker._call("be read", client.get_experiment_by_name, experiment)
+        exp = self.tracker.call("be read", client.get_experiment_by_name, experiment)
         if exp is None:
             return {}
         out: dict[str, IndexedRun] = {}
         token = None
         while True:
-            page = self.tracker._call(
+            page = self.tracker.call(
                 "be searched",
                 client.search_runs,
                 [exp.experiment_id],
@@ -220,13 +220,13 @@ class HistoryReader:
             logged = self._keys.get(run_id)
             if logged is None:
                 logged = frozenset(
-                    self.tracker._call("be read", client.get_run, run_id).data.metrics
+                    self.tracker.call("be read", client.get_run, run_id).data.metrics
                 )
             run_keys[run_id] = sorted(k for k in logged if wanted is None or k in wanted)
         jobs = [(run_id, key) for run_id in runs for key in run_keys[run_id]]
 
         def history(job: tuple[str, str]) -> list[Any]:
-            return list(self.tracker._call("be read", client.get_metric_history, *job))
+            return list(self.tracker.call("be read", client.get_metric_history, *job))
 
         if self.uri.startswith(("http://", "https://", "databricks")) and len(jobs) > 1:
             from concurrent.futures import ThreadPoolExecutor

@@ -79,7 +79,7 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except TrackingError:
@@ -95,7 +95,7 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         if name in self._experiments:
             return self._experiments[name]
-        exp = self._call("be read", self.client.get_experiment_by_name, name)
+        exp = self.call("be read", self.client.get_experiment_by_name, name)
         if exp is None:
             # a training experiment: the MLflow 3 UI then opens on its runs, not on GenAI traces
             kwargs: dict[str, Any] = {"tags": {"mlflow.experimentKind": "custom_model_development"}}
@@ -103,10 +103,10 @@ class Tracker:
                 db = Path(self.uri[len("sqlite:///") :])
                 kwargs["artifact_location"] = (db.parent / "artifacts").as_uri()
             try:
-                exp_id = self._call("create an experiment", self.client.create_experiment,
+                exp_id = self.call("create an experiment", self.client.create_experiment,
                                     name, **kwargs)
             except TrackingError:  # another writer created it first, or the store is down
-                exp = self._call("be read", self.client.get_experiment_by_name, name)
+                exp = self.call("be read", self.client.get_experiment_by_name, name)
                 if exp is None:
                     raise
                 exp_id = exp.experiment_id
@@ -119,7 +119,7 @@ class Tracker:
         """The active MLflow runs tagged as mlfork run `run`, the canonical one first: the
         oldest (start time, then id), so that every writer picks the same one."""
         exp_id = self.experiment_id(experiment)
-        found = self._call(
+        found = self.call(
             "be searched",
             self.client.search_runs,
             [exp_id],
@@ -145,7 +145,7 @@ class Tracker:
         run_id = self.find_run(w.experiment, w.run)
         if run_id is not None:
             return run_id
-        created = self._call(
+        created = self.call(
             "create a run",
             self.client.create_run,
             self.experiment_id(w.experiment),
@@ -157,7 +157,7 @@ class Tracker:
         found = self._candidates(w.experiment, w.run)
         canonical = found[0].info.run_id if found else mine
         if canonical != mine:
-            self._call("be written", self.client.delete_run, mine)
+            self.call("be written", self.client.delete_run, mine)
         self._runs[(w.experiment, w.run)] = canonical
         return str(canonical)
 
@@ -168,7 +168,7 @@ class Tracker:
         by_run: dict[str, list[Any]] = {}
         token = None
         while True:
-            page = self._call(
+            page = self.call(
                 "be searched", self.client.search_runs, [exp_id],
                 filter_string=f"tags.`{naming.TAG_RUN}` != ''", max_results=1000,
                 page_token=token,
@@ -182,7 +182,7 @@ class Tracker:
         for name, found in by_run.items():
             found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
             for extra in found[1:]:
-                self._call("be written", self.client.delete_run, extra.info.run_id)
+                self.call("be written", self.client.delete_run, extra.info.run_id)
                 deleted += 1
             if name and found:
                 self._runs[(experiment, name)] = found[0].info.run_id
@@ -194,7 +194,7 @@ class Tracker:
         out: dict[str, str] = {}
         token = None
         while True:
-            page = self._call(
+            page = self.call(
                 "be searched",
                 self.client.search_runs,
                 [exp_id],
@@ -219,7 +219,7 @@ class Tracker:
 
         if w.deleted:
             for found in self._candidates(w.experiment, w.run):
-                self._call("be written", self.client.delete_run, found.info.run_id)
+                self.call("be written", self.client.delete_run, found.info.run_id)
             self._runs.pop((w.experiment, w.run), None)
             return ""
         run_id = self._find_or_create(w)
@@ -237,17 +237,17 @@ class Tracker:
         metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in w.metrics
                    if key_problem(k) is None]
         for i in range(0, len(tags), MAX_TAGS):
-            self._call("be written", self.client.log_batch, run_id, tags=tags[i : i + MAX_TAGS])
+            self.call("be written", self.client.log_batch, run_id, tags=tags[i : i + MAX_TAGS])
         faults.point("mirror.tags")
         if params:
-            existing = self._call("be read", self.client.get_run, run_id).data.params
+            existing = self.call("be read", self.client.get_run, run_id).data.params
             params = [p for p in params if p.key not in existing]
         for i in range(0, len(params), MAX_PARAMS):
-            self._call(
+            self.call(
                 "be written", self.client.log_batch, run_id, params=params[i : i + MAX_PARAMS]
             )
         for i in range(0, len(metrics), MAX_METRICS):
-            self._call(
+            self.call(
                 "be written",
                 self.client.log_batch,
                 run_id,
@@ -255,9 +255,9 @@ class Tracker:
             )
         faults.point("mirror.metrics")
         if w.status in ("RUNNING", "SCHEDULED"):
-            self._call("be written", self.client.update_run, run_id, status=w.status)
+            self.call("be written", self.client.update_run, run_id, status=w.status)
         elif w.status is not None:
-            self._call("be written", self._terminate, run_id, w.status, w.end_time)
+            self.call("be written", self._terminate, run_id, w.status, w.end_time)
         return str(run_id)
 
     def _terminate(self, run_id: str, status: str, end_time: int | None) -> None:
@@ -291,7 +291,7 @@ class Tracker:
             if len(value) > limit:
                 name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)
                 artifact = f"{FULL_VALUES}/{kind}s/{name}.txt"
-                self._call("be written", self.client.log_text, run_id, value, artifact)
+                self.call("be written", self.client.log_text, run_id, value, artifact)
                 self.warnings.append(
                     f"the {kind} {key!r} of run '{run}' has {len(value)} characters, more than"
                     f" MLflow keeps ({limit}): it is cut there, and whole in the run's artifact"
@@ -304,6 +304,6 @@ class Tracker:
         """Delete every mlfork run of the experiment (for `mlfork sync --rebuild`)."""
         ids = self.run_ids(experiment)
         for rid in ids.values():
-            self._call("be written", self.client.delete_run, rid)
+            self.call("be written", self.client.delete_run, rid)
         self._runs = {k: v for k, v in self._runs.items() if k[0] != experiment}
         return len(ids)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mlfork import naming
 from mlfork.errors import UsageError
 from mlfork.models import Checkpoint
+from mlfork.nested import flatten
 from mlfork.ops.comparing.stitch import Source, chain_from_git, metrics
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import MISSING, Project, dotted_get
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse")
-
 
 
 def direction(metric: str) -> Literal["lower", "higher"]:
@@ -111,17 +111,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; values keep their types."""
-    out: dict[str, Any] = {}
-    if isinstance(config, dict) and config:
-        for key, value in config.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif prefix:
-        out[prefix] = config
-    return out
 
 
 def common_checkpoint(project: Project, tip_a: str, tip_b: str) -> Checkpoint | None:

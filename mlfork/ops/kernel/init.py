@@ -12,6 +12,7 @@ from pathlib import Path
 from mlfork import faults, naming
 from mlfork.adapters.git import GitRepo
 from mlfork.errors import NotAGitRepository, ProjectError, UsageError
+from mlfork.nested import dump_yaml
 from mlfork.ops.kernel.project import Project, find_dvc_root
 
 EXAMPLE_FILES = ("conf", "pipelines", "dvc.yaml")
@@ -118,7 +119,7 @@ def _create(src: Path, target: Path) -> InitResult:
         config = hydra.compose(target / naming.CONF_DIR, [], naming.CONF_NAME)
         policy_resume = (config.get("mlfork") or {}).get("checkpoint", {}).get("resume")
         config.pop("mlfork", None)
-        (target / naming.PARAMS_FILE).write_text(hydra.to_yaml(config), encoding="utf-8")
+        (target / naming.PARAMS_FILE).write_text(dump_yaml(config), encoding="utf-8")
         if policy_resume:
             dvc.set_resume(policy_resume, None)
         dvc.reset()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlfork import naming
+from mlfork.nested import load_yaml
 
 if TYPE_CHECKING:
     from mlfork.ops.kernel.project import Project
@@ -53,9 +54,9 @@ class MetricsReader:
         for path in self.files(rev):
             data = self._read(rev, path)
             if data is not None:
-                from mlfork.adapters.dvc import DvcProject
+                from mlfork.adapters.dvc_files import parse_metrics
 
-                values.update(DvcProject.parse_metrics(path, data))
+                values.update(parse_metrics(path, data))
         self._values[rev] = values
         return dict(values)
 
@@ -64,7 +65,7 @@ class MetricsReader:
         data = git.read(rev, path)
         if data is not None:
             return data
-        from mlfork.adapters.dvc import lock_outputs
+        from mlfork.adapters.dvc_files import lock_outputs
 
         entry = lock_outputs(git.read(rev, "dvc.lock")).get(path)
         if entry and entry.get("md5") and not str(entry["md5"]).endswith(".dir"):
@@ -77,7 +78,6 @@ class MetricsReader:
 
 def _vars_files(text: bytes) -> list[str]:
     """The file names a dvc.yaml's `vars:` list names (`file.yaml`, `file.yaml:k1,k2`)."""
-    from mlfork.ops.kernel.project import load_yaml
 
     try:
         data = load_yaml(text) or {}

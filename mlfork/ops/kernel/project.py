@@ -22,16 +22,12 @@ from mlfork import naming
 from mlfork.adapters.git import GitRepo
 from mlfork.errors import MalformedFile, NotADvcProject, OverrideError
 from mlfork.models import Pipeline, Policy, RunRecord
+from mlfork.nested import dump_yaml, load_yaml
 from mlfork.ops.kernel import lock as locks
 from mlfork.ops.kernel.lock import ProjectLock
 
 if TYPE_CHECKING:
     from mlfork.adapters.dvc import DvcProject
-
-
-def load_yaml(text: bytes | str | None) -> Any:
-    """YAML through libyaml where PyYAML has it (same results as the pure-Python loader)."""
-    return yaml.load(text or b"", Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 def find_dvc_root(start: Path, top: Path) -> Path | None:
@@ -173,7 +169,7 @@ class Project:
         (`budget` None keeps the config's). The `mlfork` policy section is not part of
         params.yaml."""
         from mlfork.adapters import hydra
-        from mlfork.adapters.dvc import apply_params_overrides
+        from mlfork.adapters.dvc_files import apply_params_overrides
 
         parsed = hydra.parse_overrides(list(overrides))
         by_file: dict[str | None, list[tuple[str, str]]] = {}
@@ -198,7 +194,7 @@ class Project:
                 config["iteration"] = iteration
             if "iterations" in config and budget is not None:
                 config["iterations"] = budget
-            out.files[naming.PARAMS_FILE] = hydra.to_yaml(config).encode("utf-8")
+            out.files[naming.PARAMS_FILE] = dump_yaml(config).encode("utf-8")
         else:
             raw = self.git.read(rev, naming.PARAMS_FILE)
             if raw is None:

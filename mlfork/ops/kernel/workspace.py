@@ -183,7 +183,7 @@ def record_repro(
 
 
 def _changed_stages(project: Project, parent: str, pipeline: Pipeline) -> list[str]:
-    from mlfork.adapters.dvc import lock_deps, lock_outputs
+    from mlfork.adapters.dvc_files import lock_deps, lock_outputs
 
     before = project.git.read(parent, "dvc.lock")
     path = project.root / "dvc.lock"

@@ -17,6 +17,7 @@ from mlfork.adapters.tracking.store import Undeliverable, default_uri
 from mlfork.adapters.tracking.writer import RunWrite, Tracker
 from mlfork.errors import TrackingError
 from mlfork.models import Checkpoint, RunRecord
+from mlfork.nested import flatten
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 
@@ -34,19 +35,6 @@ def tracking_uri(project: Project, rev: str | None = None, write: bool = False) 
     if write:
         project.local("mlflow.db")
     return default_uri(project.root, configured)
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (list, tuple, dict)):
-            out[name] = json.dumps(value, sort_keys=True)
-        else:
-            out[name] = "null" if value is None else str(value)
-    return out
 
 
 def iso_to_ms(text: str) -> int:
@@ -199,9 +187,16 @@ def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:
     return tags
 
 
+def param_text(value: Any) -> str:
+    """A config value as an MLflow param: lists and dicts as JSON, None as `null`."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return "null" if value is None else str(value)
+
+
 def run_params(project: Project, rev: str) -> dict[str, str]:
     return {
-        k: v
+        k: param_text(v)
         for k, v in flatten(project.params_at(rev)).items()
         if k.split(".")[0] not in EXCLUDED_PARAMS
     }

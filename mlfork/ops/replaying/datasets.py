@@ -12,6 +12,7 @@ from typing import Any
 
 from mlfork import naming
 from mlfork.models import Pipeline
+from mlfork.nested import flatten
 
 CHUNK = 1 << 20  # SHA-256 streams 1 MiB at a time: a multi-GB file never sits in memory
 
@@ -50,21 +51,6 @@ class HashCache:
         if self.path is not None:
             self.path.write_text(json.dumps(self.entries, sort_keys=True), encoding="utf-8")
         return digest, st.st_size
-
-
-def walk_leaves(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, leaf value) pairs; list items are `key[i]`."""
-    if isinstance(config, dict):
-        out: list[tuple[str, Any]] = []
-        for k, v in config.items():
-            out += walk_leaves(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(config, list):
-        out = []
-        for i, v in enumerate(config):
-            out += walk_leaves(v, f"{prefix}[{i}]")
-        return out
-    return [(prefix, config)]
 
 
 def sources_of(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
@@ -111,7 +97,7 @@ def datasets(
     """Dataset identity: the outputs of stages that read a locked key and the DVC-tracked
     files (hashes DVC already holds: nothing is read), plus files a locked key names that
     DVC does not track (SHA-256, streamed)."""
-    from mlfork.adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc_files import lock_outputs
 
     outs = lock_outputs(lock_text)
     found: dict[str, Any] = {}
@@ -133,7 +119,7 @@ def datasets(
             if entry.get("nfiles") is not None:
                 found[path]["nfiles"] = entry["nfiles"]
     tracked = set(outs) | set(dvc_files)
-    for key, value in walk_leaves({k: config[k] for k in locked if k in config}):
+    for key, value in flatten({k: config[k] for k in locked if k in config}, lists=True).items():
         if not isinstance(value, str) or not value or "\n" in value:
             continue
         candidate = Path(value) if os.path.isabs(value) else root / value

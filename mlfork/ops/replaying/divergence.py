@@ -186,7 +186,7 @@ def _ends(project: Project, rev: str) -> dict[int, Checkpoint]:
 def _outputs(project: Project, commit: str) -> dict[str, str | None]:
     """Every stage output's md5 at `commit`, from every dvc.lock of the project (a
     pipeline may have a dvc.yaml, and so a dvc.lock, in any folder)."""
-    from mlfork.adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc_files import lock_outputs
 
     found: dict[str, str | None] = {}
     for lock, _ in project.git.find_files(commit, "dvc.lock"):

@@ -17,21 +17,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from mlfork import naming
 from mlfork.errors import MalformedFile
 from mlfork.models import RunRecord
-from mlfork.ops.replaying import datasets, fingerprint
+from mlfork.nested import flatten
+from mlfork.ops.replaying import fingerprint
 
 MANIFEST_VERSION = 1
 REPLAY_SOURCE = naming.REPLAY_MANIFEST
-
-
-def _yaml(text: bytes | str | Any) -> Any:
-    """YAML through libyaml when PyYAML has it (10x the pure-Python parser: dvc.lock is
-    parsed on every iteration), else the pure-Python safe loader; same results."""
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 def drift_warnings(text: bytes | str | None, source: str = REPLAY_SOURCE) -> list[str]:
@@ -106,7 +99,7 @@ def scrub(value: Any, secrets: list[str]) -> Any:
 def seed_bundle(config: dict[str, Any], pythonhashseed: str) -> dict[str, Any]:
     """The seeds mlfork knows of: the config's `seed` keys and the PYTHONHASHSEED it gave
     the stages. What a stage seeds from them is the stage's own business (not recorded)."""
-    leaves = datasets.walk_leaves(config)
+    leaves = flatten(config, lists=True).items()
     seeds = {k: v for k, v in leaves if k.split(".")[-1] == "seed" or k == "seed"}
     return {
         "config_seed": config.get("seed"),

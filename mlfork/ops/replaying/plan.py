@@ -33,9 +33,9 @@ from mlfork.errors import (
     UsageError,
 )
 from mlfork.models import Checkpoint, RunResult
+from mlfork.nested import flatten
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
-from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.replaying import datasets, fingerprint, manifest
 from mlfork.ops.replaying.divergence import Comparison, iteration_span, str_or_none
 
@@ -328,7 +328,7 @@ def _config_changes(
     except MlforkError as exc:
         warnings.append(f"the replay's config cannot be composed here: {exc}")
         return []
-    a, b = track.flatten(recorded), track.flatten(composed)
+    a, b = flatten(recorded), flatten(composed)
     return [
         f"{key}: {a.get(key, 'absent')} -> {b.get(key, 'absent')}"
         for key in sorted(set(a) | set(b))
@@ -349,7 +349,7 @@ def check_datasets(
     - other files: git's blob at the starting point if git tracks the file there, else the
       file in the workspace, SHA-256 streamed (a size change is a mismatch without a read).
     """
-    from mlfork.adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc_files import dvcfile_outputs, lock_outputs
 
     git = project.git
     start_lock = lock_outputs(git.read(start, "dvc.lock"))
@@ -361,7 +361,8 @@ def check_datasets(
             current, where = None, ""
             dvcfile = git.read(start, path + ".dvc")
             if dvcfile is not None:
-                current, where = _dvc_file_md5(dvcfile, path), f"{path}.dvc at {start[:10]}"
+                entry = dvcfile_outputs(dvcfile).get(os.path.basename(path), {})
+                current, where = str_or_none(entry.get("md5")), f"{path}.dvc at {start[:10]}"
             elif path in start_lock:
                 current = str_or_none(start_lock[path].get("md5"))
                 where = f"dvc.lock at {start[:10]}"
@@ -405,22 +406,3 @@ def _check_file(project: Project, path: str, entry: dict[str, Any], start: str) 
         current = datasets.sha256_file(full)
     status: DatasetStatus = "match" if current == recorded else "mismatch"
     return DatasetCheck(path, "sha256", recorded, current, status, where)
-
-
-def _dvc_file_md5(text: bytes, path: str) -> str | None:
-    import yaml
-
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        return None
-    base = os.path.basename(path)
-    for out in (data.get("outs") or []) if isinstance(data, dict) else []:
-        if isinstance(out, dict) and os.path.normpath(str(out.get("path"))) == base:
-            return str_or_none(out.get("md5"))
-    return None
-
-
-# -- launch ------------------------------------------------------------------------------------
-
-

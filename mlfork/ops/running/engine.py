@@ -246,7 +246,7 @@ def _prologue(
     checkpoint (they belong to this iteration), the composed config written into the
     params files, and the checkpoint hand-off pointed at the previous iteration's output
     (fetched from the DVC remote when the cache lacks it)."""
-    from mlfork.adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc_files import lock_outputs
 
     git, it = project.git, state.it
     state.user_commits = lineage.commits_since_checkpoint(project, state.rev)

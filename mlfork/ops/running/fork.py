@@ -368,7 +368,7 @@ def _branch(
 def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
     """The outputs a fork at `commit` cannot go on without, when the cache lacks them:
     the checkpoint the hand-off resumes from."""
-    from mlfork.adapters.dvc import lock_outputs
+    from mlfork.adapters.dvc_files import lock_outputs
 
     if not (policy.checkpoint_output and policy.checkpoint_resume):
         return []
