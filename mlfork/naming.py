@@ -171,6 +171,17 @@ def lock_name(prefix: str) -> str:
     return f"{LOCK_DIR}/{prefix.strip('/').replace('/', '__') or 'project'}.lock"
 
 
+def outbox_entry(run: str, ns: int, bad: bool = False) -> str:
+    """The file name of a tracking write in the outbox: ordered by the time it was parked
+    (`<20-digit ns>-<run>.json`); `.bad` once set aside as undeliverable."""
+    return f"{ns:020d}-{run}.{'bad' if bad else 'json'}"
+
+
+def outbox_entry_run(filename: str) -> str:
+    """The run an outbox file name is for."""
+    return filename.rsplit(".", 1)[0][21:]
+
+
 def replay_run_name(run: str, k: int) -> str:
     return f"{run}-replay-{k}"
 

@@ -10,7 +10,6 @@ written, and the image and the report are written together or not at all.
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,28 +212,9 @@ def mermaid(project: Project, chains: list[list[Link]], fork: str, base: str) ->
 
 def reproduce(project: Project, fork: str) -> list[str]:
     """The commands that make the fork again from its parent's checkpoint."""
-    from mlfork.adapters import hydra
+    from mlfork.ops.running.remake import remake
 
-    rev = lineage.tip(project, fork)
-    rec = lineage.record(project, fork, rev)
-    if rec.parent is None:
-        args = ["mlfork", "run", "--name", fork, "--iterations", str(rec.iterations)]
-        return [shlex.join([*args, *rec.overrides])]
-    p = rec.parent
-    completed = lineage.inherited_until(p.iteration, p.step, rec.stages) + 1
-    relative = set(project.policy(rev).relative)
-    own = []
-    for ov in hydra.parse_overrides(list(rec.own_overrides)):
-        value = (ov.value_text or "").strip()
-        if ov.key in relative and ov.kind != "delete" and value.isdigit():
-            own.append(ov.with_value(str(int(value) - completed)))  # stored from iteration 0
-        else:
-            own.append(ov.text)
-    args = ["mlfork", "branch", "--from", p.run, "--from-iteration", str(p.iteration)]
-    if rec.stages and p.step != rec.stages[-1]:
-        args += ["--from-step", p.step]
-    args += ["--name", fork, "--iterations", str(max(rec.iterations - completed, 0))]
-    return [shlex.join([*args, *own]), shlex.join(["mlfork", "resume", fork])]
+    return remake(project, lineage.record(project, fork), fork).commands
 
 
 def report(

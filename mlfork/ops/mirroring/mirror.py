@@ -284,15 +284,14 @@ class Mirror:
 
 def park(project: Project, write: RunWrite, bad: bool = False) -> Any:
     """Put a write in the outbox (`bad`: set aside, never delivered, kept to inspect)."""
-    name = f"{time.time_ns():020d}-{write.run}.{'bad' if bad else 'json'}"
-    path = project.local("outbox", name)
+    path = project.local("outbox", naming.outbox_entry(write.run, time.time_ns(), bad))
     path.write_text(json.dumps(write.to_dict(), sort_keys=True), encoding="utf-8")
     return path
 
 
 def outbox_run(path: Any) -> str:
-    """The run an outbox file is for (`<20-digit time>-<run>.json`)."""
-    return str(path.stem)[21:]
+    """The run an outbox file is for."""
+    return naming.outbox_entry_run(str(path.name))
 
 
 def pending(project: Project) -> list[Any]:

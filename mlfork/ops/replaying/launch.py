@@ -12,7 +12,7 @@ from mlfork.errors import DatasetMismatch, MalformedFile, NotFound
 from mlfork.models import RunResult
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.guard import guarded
-from mlfork.ops.kernel.project import Project, record_text
+from mlfork.ops.kernel.project import Project
 from mlfork.ops.replaying.divergence import compare
 from mlfork.ops.replaying.plan import (
     TAG_REPLAY_ITERATION,
@@ -22,7 +22,7 @@ from mlfork.ops.replaying.plan import (
     fork_point_moved,
     plan_for,
 )
-from mlfork.ops.running.common import Event, Progress, check_new_name, now_iso, quiet
+from mlfork.ops.running.common import Event, Progress, check_new_name, now_iso, quiet, record_commit
 from mlfork.ops.running.engine import advance
 
 
@@ -180,13 +180,9 @@ def _start_at(
                     base_branch=original.base_branch, stages=list(original.stages),
                 )
                 branch = naming.branch_name(p.name)
-                body = (f"replay of {p.original} up to iteration {p.iteration}\n"
-                        f"iterations: {p.budget}")
-                if p.overrides:
-                    body += "\noverrides: " + " ".join(p.overrides)
-                first = git.commit_object(
-                    p.start_commit, {naming.RUN_RECORD: record_text(record).encode()},
-                    naming.format_record_message(p.name, "start run", body), signature=sig,
+                first = record_commit(
+                    project, record, p.start_commit, "start run", sig,
+                    origin=f"replay of {p.original} up to iteration {p.iteration}",
                 )
                 git.create_branch(branch, first)
                 guard.created_branch(branch)

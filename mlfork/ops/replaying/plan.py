@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -198,6 +196,7 @@ def plan_for(
     project: Project, run: str | None, iteration: int | None, name: str | None
 ) -> ReplayPlan:
     from mlfork.ops.running.fork import resolve_overrides
+    from mlfork.ops.running.remake import remake
 
     src = lineage.resolve_run(project, run)
     iteration, ref = load_manifest(project, src, iteration)
@@ -217,37 +216,17 @@ def plan_for(
     name = free_replay_name(project, original) if name is None else name
     seed = m.seed
     phs = str(seed.get("PYTHONHASHSEED") or "")
-    budget, target, last_stage = rec.iterations, iteration + 1, rec.stages[-1]
-    env_prefix = f"PYTHONHASHSEED={shlex.quote(phs)} " if phs else ""
-    fork_from = None
-    if rec.parent is None:
-        kind: Literal["run", "fork"] = "run"
-        start, first, overrides = rec.base_commit, 0, list(rec.overrides)
-        line = env_prefix + shlex.join(
-            ["mlfork", "run", "--name", name, "--iterations", str(budget), *overrides]
+    how = remake(project, rec, name, through=iteration, pythonhashseed=phs)
+    kind, start, first, overrides = how.kind, how.start_commit, how.first_iteration, how.overrides
+    budget, commands, fork_from = rec.iterations, how.commands, how.fork_from
+    if rec.parent is None and iteration + 1 < budget:
+        warnings.append(
+            f"'mlfork run' runs the whole budget ({budget} iterations): iterations 0 to"
+            f" {iteration} are the ones that reproduce the manifest"
         )
-        if target < budget:
-            warnings.append(
-                f"'mlfork run' runs the whole budget ({budget} iterations): iterations 0 to"
-                f" {iteration} are the ones that reproduce the manifest"
-            )
-        commands = [f"git switch --detach {start[:12]}", line]
-    else:
-        kind = "fork"
+    if rec.parent is not None:
         p = rec.parent
-        start = p.commit
-        fork_from = {"run": p.run, "iteration": p.iteration, "step": p.step}
         policy = project.policy(p.commit)
-        first = p.iteration + 1 if p.step == last_stage else p.iteration
-        overrides = _relative_back(rec.own_overrides, policy.relative, first)
-        argv = ["mlfork", "branch", "--from", p.run, "--from-iteration", str(p.iteration)]
-        if p.step != last_stage:
-            argv += ["--from-step", p.step]
-        argv += ["--name", name, "--iterations", str(budget - first), *overrides]
-        resume = ["mlfork", "resume", name]
-        if target < budget:
-            resume += ["--iterations", str(target - first)]
-        commands = [shlex.join(argv), env_prefix + shlex.join(resume)]
         parent_rec = project.read_record(p.commit)
         if parent_rec is not None:
             again, _, _ = resolve_overrides(
@@ -283,22 +262,6 @@ def free_replay_name(project: Project, run: str) -> str:
     while naming.replay_run_name(run, k) in taken:
         k += 1
     return naming.replay_run_name(run, k)
-
-
-def _relative_back(own: Sequence[str], relative: Sequence[str], completed: int) -> list[str]:
-    """A fork records its relative keys (counted from the fork point) as absolute values:
-    give them back as `mlfork branch` takes them."""
-    from mlfork.adapters import hydra
-
-    out: list[str] = []
-    for ov in hydra.parse_overrides(list(own)):
-        value = (ov.value_text or "").strip()
-        relative_key = ov.key in relative and ov.kind != "delete" and value.isdigit()
-        if relative_key and int(value) >= completed:
-            out.append(ov.with_value(str(int(value) - completed)))
-            continue
-        out.append(ov.text)
-    return out
 
 
 def fork_point_moved(project: Project, run: str, iteration: int, step: str, commit: str) -> str:

@@ -12,7 +12,7 @@ from mlfork import naming
 from mlfork.errors import InvalidRunName, RunNameTaken, UsageError
 from mlfork.models import Policy, RunRecord
 from mlfork.ops.kernel import lineage
-from mlfork.ops.kernel.project import Project
+from mlfork.ops.kernel.project import Project, record_text
 
 EventKind = Literal["iteration", "stage_start", "stage_end", "iteration_end", "warning", "note"]
 
@@ -86,11 +86,32 @@ def int_or(value: Any, default: int) -> int:
         return default
 
 
-def record_body(record: RunRecord) -> str:
-    lines = [f"iterations: {record.iterations}"]
+def record_commit(
+    project: Project,
+    record: RunRecord,
+    parent: str,
+    action: str,
+    signature: Any,
+    *,
+    origin: str = "",
+    files: dict[str, bytes] | None = None,
+) -> str:
+    """The commit that starts a run, whichever command starts it (`run`, `branch`, `replay
+    --launch`): the run record (and a fork's config files) on top of `parent`, written
+    straight into the object database. No ref points at it until the caller creates the
+    run's branch there, so a failure leaves nothing behind. The message says what happened
+    (`origin`, e.g. "forked from base at iteration 2 evaluate"), the budget, and the run's
+    own overrides."""
+    lines = [origin] if origin else []
+    lines.append(f"iterations: {record.iterations}")
     if record.own_overrides:
         lines.append("overrides: " + " ".join(record.own_overrides))
-    return "\n".join(lines)
+    return project.git.commit_object(
+        parent,
+        {naming.RUN_RECORD: record_text(record).encode(), **(files or {})},
+        naming.format_record_message(record.name, action, "\n".join(lines)),
+        signature=signature,
+    )
 
 
 MANAGED_KEYS = {

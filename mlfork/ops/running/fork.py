@@ -25,7 +25,6 @@ from mlfork.ops.kernel.project import (
     Project,
     ProjectLock,
     dotted_get,
-    record_text,
 )
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.running import params
@@ -40,6 +39,7 @@ from mlfork.ops.running.common import (
     next_free_name,
     now_iso,
     quiet,
+    record_commit,
     runtime_options,
 )
 from mlfork.ops.running.engine import advance
@@ -319,21 +319,17 @@ def _branch(
         pass
 
     fork_branch = naming.branch_name(name)
-    body = f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
-    if own:
-        body += "\noverrides: " + " ".join(own)
-    files = {naming.RUN_RECORD: record_text(rec).encode(), **fork_cfg.files}
+    action = f"fork {cp.run}@{cp.iteration}/{cp.step}"
+    origin = f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
     result = ForkResult(
         name=name, branch=fork_branch, fork_run=cp.run, fork_iteration=cp.iteration,
         fork_step=cp.step, fork_commit=cp.commit, source=src, budget=budget,
         start_iteration=completed, overrides=cumulative, own_overrides=own, tags=all_tags,
         switched=False, commit="",
     )
-    message = naming.format_record_message(
-        name, f"fork {cp.run}@{cp.iteration}/{cp.step}", body
-    )
     if not switch:
-        result.commit = git.commit_object(cp.commit, files, message, signature=sig)
+        result.commit = record_commit(project, rec, cp.commit, action, sig, origin=origin,
+                                      files=fork_cfg.files)
         faults.point("branch.object")
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         faults.point("branch.created")
@@ -345,7 +341,8 @@ def _branch(
 
     workspace.settle(project, lock, run=current, extra=extra, note=note)
     with guarded(project, lock) as guard:
-        result.commit = git.commit_object(cp.commit, files, message, signature=sig)
+        result.commit = record_commit(project, rec, cp.commit, action, sig, origin=origin,
+                                      files=fork_cfg.files)
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         guard.created_branch(fork_branch)
         faults.point("branch.created")

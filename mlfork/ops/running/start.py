@@ -14,7 +14,7 @@ from mlfork.errors import ConfigError, ProjectError, UsageError
 from mlfork.models import Pipeline, Policy, RunRecord, RunResult
 from mlfork.ops.kernel import lineage, workspace
 from mlfork.ops.kernel.guard import guarded
-from mlfork.ops.kernel.project import Project, ProjectLock, record_text
+from mlfork.ops.kernel.project import Project, ProjectLock
 from mlfork.ops.running import params
 from mlfork.ops.running.common import (
     Event,
@@ -31,7 +31,7 @@ from mlfork.ops.running.common import (
     noter,
     now_iso,
     quiet,
-    record_body,
+    record_commit,
     runtime_options,
 )
 from mlfork.ops.running.engine import advance
@@ -172,11 +172,7 @@ def _start(
             base_branch=base_branch, stages=plan.pipeline.stage_names,
         )
         branch = naming.branch_name(name)
-        first = git.commit_object(
-            head, {naming.RUN_RECORD: record_text(record).encode()},
-            naming.format_record_message(name, "start run", record_body(record)),
-            signature=sig,
-        )
+        first = record_commit(project, record, head, "start run", sig)
         faults.point("run.object")
         lock.work(start=name)  # killed from here on: `mlfork resume NAME` goes on
         git.create_branch(branch, first)  # whole, or not at all
