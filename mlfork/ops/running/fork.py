@@ -210,27 +210,41 @@ def branch(
     project = Project.open(path)
     try:
         with project.lock(name or "", "branch") as lock:
-            return _branch(
-                project, lock, started, source=source, from_iteration=from_iteration,
+            plan = _plan(
+                project, lock, source=source, from_iteration=from_iteration,
                 from_step=from_step, name=name, iterations=iterations, tags=tags,
                 inherit_tags=inherit_tags, timeout=timeout, stage_timeout=stage_timeout,
                 switch=switch, run=run, overrides=overrides, argv=argv, progress=progress,
-                echo=echo, timings=timings,
             )
+            return _write(project, lock, plan, started, switch=switch, run=run, argv=argv,
+                          progress=progress, echo=echo, timings=timings)
     finally:
         project.close()
 
 
-def _branch(
-    project: Project, lock: ProjectLock, started: float, *, source: str | None,
-    from_iteration: int | None,
+@dataclass
+class _Plan:
+    """A fork, checked and composed, before anything is written."""
+
+    name: str
+    source: str
+    checkpoint: Checkpoint
+    record: RunRecord
+    files: dict[str, bytes]  # the fork's params files, composed
+    completed: int  # the iterations the fork inherits
+    current: str | None  # the run the workspace is on
+    extra: list[str]  # files of the hand-off the switch may displace
+    required: list[str]  # outputs the fork cannot go on without
+
+
+def _plan(
+    project: Project, lock: ProjectLock, *, source: str | None, from_iteration: int | None,
     from_step: str | None, name: str | None, iterations: int | None, tags: Sequence[str],
     inherit_tags: bool, timeout: float | None, stage_timeout: float | None, switch: bool,
     run: bool, overrides: Sequence[str], argv: Sequence[str], progress: Progress,
-    echo: bool, timings: dict[str, float] | None,
-) -> ForkResult:
+) -> _Plan:
+    """Every check of `mlfork branch`, in order, and the fork's record: nothing written."""
     git = project.git
-    sig = git.signature()
     src = lineage.resolve_run(project, source)
     src_tip = lineage.tip(project, src)
     src_rec = lineage.record(project, src, src_tip)
@@ -318,18 +332,33 @@ def _branch(
     except Exception:  # noqa: BLE001 - a hint only
         pass
 
+    return _Plan(name, src, cp, rec, fork_cfg.files, completed, current, list(extra),
+                 required)
+
+
+def _write(
+    project: Project, lock: ProjectLock, plan: _Plan, started: float, *, switch: bool,
+    run: bool, argv: Sequence[str], progress: Progress, echo: bool,
+    timings: dict[str, float] | None,
+) -> ForkResult:
+    """The fork's commit and branch (created whole, or not at all: concurrent forks to one
+    name race here and one wins), then the switch and the MLflow run; with `run`, its
+    iterations. A failure before the fork is complete puts everything back."""
+    git = project.git
+    sig = git.signature()
+    name, cp, rec = plan.name, plan.checkpoint, plan.record
     fork_branch = naming.branch_name(name)
     action = f"fork {cp.run}@{cp.iteration}/{cp.step}"
     origin = f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
     result = ForkResult(
         name=name, branch=fork_branch, fork_run=cp.run, fork_iteration=cp.iteration,
-        fork_step=cp.step, fork_commit=cp.commit, source=src, budget=budget,
-        start_iteration=completed, overrides=cumulative, own_overrides=own, tags=all_tags,
-        switched=False, commit="",
+        fork_step=cp.step, fork_commit=cp.commit, source=plan.source, budget=rec.iterations,
+        start_iteration=plan.completed, overrides=rec.overrides,
+        own_overrides=rec.own_overrides, tags=rec.tags, switched=False, commit="",
     )
     if not switch:
         result.commit = record_commit(project, rec, cp.commit, action, sig, origin=origin,
-                                      files=fork_cfg.files)
+                                      files=plan.files)
         faults.point("branch.object")
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         faults.point("branch.created")
@@ -339,14 +368,15 @@ def _branch(
     def note(message: str) -> None:
         progress(Event("note", name, message=message))
 
-    workspace.settle(project, lock, run=current, extra=extra, note=note)
+    workspace.settle(project, lock, run=plan.current, extra=plan.extra, note=note)
     with guarded(project, lock) as guard:
         result.commit = record_commit(project, rec, cp.commit, action, sig, origin=origin,
-                                      files=fork_cfg.files)
+                                      files=plan.files)
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         guard.created_branch(fork_branch)
         faults.point("branch.created")
-        workspace.switch(project, guard, lock, fork_branch, required=required, note=note)
+        workspace.switch(project, guard, lock, fork_branch, required=plan.required,
+                         note=note)
         faults.point("branch.switched")
     lock.idle()
     result.switched = True
@@ -355,7 +385,7 @@ def _branch(
     if run:
         with guarded(project, lock) as guard:
             result.run = advance(
-                project, name, lock=lock, guard=guard, target=budget, progress=progress,
+                project, name, lock=lock, guard=guard, target=rec.iterations, progress=progress,
                 echo=echo, signature=sig, argv=argv,
             )
     return result
