@@ -11,7 +11,8 @@ from mlfork import naming
 from mlfork.errors import UsageError
 from mlfork.models import Checkpoint
 from mlfork.nested import flatten
-from mlfork.ops.comparing.stitch import Source, chain_from_git, metrics
+from mlfork.ops.comparing.chain import chain_from_git
+from mlfork.ops.comparing.stitch import Source, metrics
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import MISSING, Project, dotted_get
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlfork.errors import OutputPathError, UsageError
+from mlfork.ops.comparing import chain, stitch
 from mlfork.ops.comparing import diff as diffs
-from mlfork.ops.comparing import stitch
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 
@@ -128,7 +128,7 @@ def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
 # -- figure ------------------------------------------------------------------------------------
 
 
-def fork_lines(chains: dict[str, list[stitch.Link]], runs: Sequence[str],
+def fork_lines(chains: dict[str, list[chain.Link]], runs: Sequence[str],
                x: XAxis = "iteration") -> list[ForkLine]:
     """One line per fork point in the lineages of `runs` (at the fork iteration; half an
     iteration earlier for a fork inside an iteration), shifted for `since-fork`."""
@@ -148,7 +148,7 @@ def fork_lines(chains: dict[str, list[stitch.Link]], runs: Sequence[str],
     return sorted(out.values(), key=lambda f: (f.x, f.run))
 
 
-def _shift(chain: list[stitch.Link]) -> int:
+def _shift(chain: list[chain.Link]) -> int:
     """`since-fork`: x = iteration - the last iteration the run inherited, so that its first
     own iteration is at 1 whether it forked after or inside an iteration (0 for a root)."""
     if len(chain) < 2 or chain[-1].until is None:
@@ -158,7 +158,7 @@ def _shift(chain: list[stitch.Link]) -> int:
 
 def build_figure(
     df: pd.DataFrame,
-    chains: dict[str, list[stitch.Link]],
+    chains: dict[str, list[chain.Link]],
     runs: Sequence[str],
     metric: str,
     x: XAxis = "iteration",
@@ -258,7 +258,7 @@ def figure(
             raise stitch.NotFound(f"no metric was logged by {', '.join(names)}: nothing to plot")
         metric = str(sorted(every["metric"].unique())[0])
     df = stitch.metrics(path, names, metrics=[metric], source=source)
-    chains = {n: stitch.chain_from_git(project, n) for n in names}
+    chains = {n: chain.chain_from_git(project, n) for n in names}
     fig, lines = build_figure(df, chains, names, metric, x)
     return fig, PlotResult(None, metric, names, x, lines, str(df.attrs.get("source", "")))
 

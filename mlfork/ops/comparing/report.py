@@ -18,8 +18,8 @@ from mlfork import naming
 from mlfork.errors import UsageError
 from mlfork.ops.comparing import diff as diffs
 from mlfork.ops.comparing import plot, stitch
+from mlfork.ops.comparing.chain import Link, chain_from_git
 from mlfork.ops.comparing.diff import DiffResult
-from mlfork.ops.comparing.stitch import Link
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 
@@ -232,7 +232,7 @@ def report(
     project = Project.open(path, require_dvc=False)
     fork = lineage.resolve_run(project, fork)
     rec = lineage.record(project, fork)
-    chain = stitch.chain_from_git(project, fork)
+    chain = chain_from_git(project, fork)
     ancestors = [link.run for link in chain[:-1]]
     if base is None:
         if rec.parent is None:
@@ -255,7 +255,7 @@ def report(
 
     df = stitch.metrics(path, [base, fork], source=source)
     d = diffs.diff(path, base, fork, source=source, frame=df)
-    chains = {base: stitch.chain_from_git(project, base), fork: chain}
+    chains = {base: chain_from_git(project, base), fork: chain}
     image = None
     files: list[tuple[Path, bytes]] = []
     metric = d.headline if d.headline in set(df["metric"]) else (
