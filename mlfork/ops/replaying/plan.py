@@ -195,7 +195,7 @@ def load_manifest(
 def plan_for(
     project: Project, run: str | None, iteration: int | None, name: str | None
 ) -> ReplayPlan:
-    from mlfork.ops.running.fork import resolve_overrides
+    from mlfork.ops.running.inherit import resolve_overrides
     from mlfork.ops.running.remake import remake
 
     src = lineage.resolve_run(project, run)

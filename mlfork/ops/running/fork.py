@@ -15,16 +15,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlfork import faults, naming
-from mlfork.errors import LockedKeyError, MalformedFile, NotFound, OverrideError, UsageError
+from mlfork.errors import MalformedFile, UsageError
 from mlfork.models import Checkpoint, ParentRef, RunRecord, RunResult
 from mlfork.ops.kernel import lineage, workspace
 from mlfork.ops.kernel.guard import guarded
 from mlfork.ops.kernel.project import (
-    MISSING,
-    Composed,
     Project,
     ProjectLock,
-    dotted_get,
 )
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.running import params
@@ -43,6 +40,7 @@ from mlfork.ops.running.common import (
     runtime_options,
 )
 from mlfork.ops.running.engine import advance
+from mlfork.ops.running.inherit import check_locked, pick_checkpoint, resolve_overrides
 
 
 @dataclass
@@ -69,111 +67,6 @@ class ForkResult:
         data = asdict(self)
         data["run"] = self.run.to_dict() if self.run else None
         return data
-
-
-def pick_checkpoint(
-    cps: list[Checkpoint],
-    stages: list[str],
-    source: str,
-    from_iteration: int | None,
-    from_step: str | None,
-    latest: Checkpoint | None,
-) -> Checkpoint:
-    """The checkpoint the flags name (see `mlfork branch --help`)."""
-    by_key = {(c.iteration, c.step): c for c in cps}
-    if from_iteration is not None and from_iteration < 0:
-        raise UsageError(f"--from-iteration must be 0 or more, got {from_iteration}")
-    if from_step is not None and from_step not in stages:
-        raise NotFound(
-            f"unknown stage '{from_step}': the stages of '{source}' are {', '.join(stages)}"
-        )
-    done = sorted({c.iteration for c in cps if c.step == stages[-1]})
-    if from_iteration is None and from_step is None:
-        if latest is None:
-            raise NotFound(f"run '{source}' has no checkpoint yet: run 'mlfork resume {source}'")
-        return latest
-    if from_step is None and from_iteration is not None:
-        found = by_key.get((from_iteration, stages[-1]))
-        if found is None:
-            span = f"0 to {done[-1]}" if done else "none yet"
-            raise NotFound(
-                f"iteration {from_iteration} of '{source}' is not completed (completed: {span});"
-                " pick one of those, or --from-step for a stage inside it"
-            )
-        return found
-    if from_iteration is None and from_step is not None:
-        ran = [c for c in cps if c.step == from_step]
-        if not ran:
-            raise NotFound(f"stage '{from_step}' never ran in '{source}'")
-        return max(ran, key=lambda c: c.iteration)
-    found = by_key.get((from_iteration or 0, from_step or ""))
-    if found is None:
-        raise NotFound(
-            f"stage '{from_step}' did not run in iteration {from_iteration} of '{source}'"
-        )
-    return found
-
-
-def _key_of(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def _touches(override_key: str, key: str) -> bool:
-    """Does an override of `override_key` reach `key` (the key itself, under it, or above)?"""
-    return (
-        override_key == key
-        or override_key.startswith(key + ".")
-        or override_key.startswith(key + "/")
-        or key.startswith(override_key + ".")
-    )
-
-
-def resolve_overrides(
-    inherited: Sequence[str],
-    own: Sequence[str],
-    relative: Sequence[str],
-    not_inherited: Sequence[str],
-    completed: int,
-    groups: Sequence[str] = (),
-) -> tuple[list[str], list[str], int | None]:
-    """(cumulative overrides, the fork's own overrides as recorded, iterations from an
-    `iterations=K` override). Relative keys count from the fork point; not-inherited keys
-    are dropped from the parent's list, and so are the parent's overrides inside a config
-    group the fork switches (`model=mlp` drops an inherited `model.lr=...`: it was set for
-    the old group's model)."""
-    from mlfork.adapters import hydra
-
-    parsed = hydra.parse_overrides(list(own))
-    switched = {ov.key for ov in parsed
-                if ov.file is None and ov.key in groups and ov.kind != "delete"}
-    dropped = (*not_inherited, *switched)
-    kept = [o for o in inherited if not any(_touches(_key_of(o), k) for k in dropped)]
-    own_out: list[str] = []
-    iterations = None
-    for ov in parsed:
-        if ov.file is None and ov.key in relative and ov.kind != "delete":
-            value = (ov.value_text or "").strip()
-            if not value.isdigit():
-                raise OverrideError(
-                    ov.text,
-                    f"'{ov.key}' counts iterations from the fork point: give a non-negative"
-                    " integer",
-                )
-            if ov.key == "iterations":
-                iterations = int(value)
-                continue
-            own_out.append(ov.with_value(str(completed + int(value))))
-        else:
-            own_out.append(ov.text)
-    return kept + own_out, own_out, iterations
-
-
-def locked_value(composed: Composed, key: str) -> Any:
-    """The value of a locked key in a composed config: `dataset.name`, or a key of another
-    params file in DVC's grammar (`data.yaml:source`)."""
-    file, dotted = naming.split_params_file(key)
-    data = composed.data.get(file or naming.PARAMS_FILE, {})
-    return dotted_get(data, dotted, MISSING)
 
 
 def branch(
@@ -283,10 +176,7 @@ def _plan(
 
     parent_cfg = project.compose(cp.commit, parent_rec.overrides, cp.iteration, budget)
     fork_cfg = project.compose(cp.commit, cumulative, cp.iteration, budget)
-    for key in policy.locked:
-        if locked_value(parent_cfg, key) != locked_value(fork_cfg, key):
-            culprit = next((o for o in own if _touches(_key_of(o), key)), " ".join(own))
-            raise LockedKeyError(key, culprit)
+    check_locked(parent_cfg, fork_cfg, policy.locked, own)
 
     name = name or next_free_name(project, f"{src}-fork")
     check_new_name(project, name)
@@ -389,7 +279,6 @@ def _write(
                 echo=echo, signature=sig, argv=argv,
             )
     return result
-
 
 
 def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
