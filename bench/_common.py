@@ -9,7 +9,6 @@ folders, no MLflow tracking URI from the caller. Figures are printed, never asse
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,42 +18,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-BIN = str(Path(sys.executable).parent)
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "mlfork bench",
-    "GIT_AUTHOR_EMAIL": "bench@mlfork.invalid",
-    "GIT_COMMITTER_NAME": "mlfork bench",
-    "GIT_COMMITTER_EMAIL": "bench@mlfork.invalid",
-}
+from mlfork.testing import BIN, copy_project, isolated_env, rmtree  # noqa: E402,F401
 
 
 def bench_env(tmp: Path) -> dict[str, str]:
     """The environment of every subprocess: isolated from the caller's HOME and config."""
-    home = tmp / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    gitconfig = home / ".gitconfig"
-    gitconfig.write_text("[init]\n\tdefaultBranch = main\n", encoding="utf-8")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GIT_", "DVC_", "MLFLOW_")) and k not in ("VIRTUAL_ENV", "PYTHONPATH")
-    }
-    env.update(IDENTITY)
-    env.update(
-        {
-            "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": str(gitconfig),
-            "DVC_NO_ANALYTICS": "1",
-            "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
-            "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
-            "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
-            "LC_ALL": "C.UTF-8",
-        }
-    )
+    env = isolated_env(tmp / "home", name="mlfork bench", email="bench@mlfork.invalid")
+    env["LC_ALL"] = "C.UTF-8"
     return env
 
 
@@ -68,23 +38,7 @@ def workdir(prefix: str, keep: bool = False) -> Iterator[Path]:
         if keep:
             print(f"(kept {tmp})", file=sys.stderr)
         else:
-            _rmtree(tmp)
-
-
-def _rmtree(path: Path) -> None:
-    def onerror(func, p, _exc):  # DVC's cache files are read-only
-        try:
-            os.chmod(p, 0o700)
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
-
-
-def rmtree(path: Path) -> None:
-    _rmtree(path)
+            rmtree(tmp)
 
 
 def run(
@@ -110,24 +64,6 @@ def timed(args: Sequence[str], *, cwd: Path, env: dict[str, str]) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def copy_tree(src: Path, dest: Path) -> Path:
-    """Copy a project keeping hard links between its files (outputs linked to the DVC cache
-    stay linked), as a fresh `mlfork init` would have them."""
-    linked: dict[tuple[int, int], str] = {}
-
-    def copy(s: str, d: str) -> str:
-        st = os.lstat(s)
-        if st.st_nlink > 1:
-            first = linked.setdefault((st.st_dev, st.st_ino), d)
-            if first != d:
-                os.link(first, d)
-                return d
-        return shutil.copy2(s, d)
-
-    shutil.copytree(src, dest, symlinks=True, copy_function=copy)
-    return dest
 
 
 def disk_usage(*roots: Path) -> int:

@@ -50,7 +50,7 @@ from mlfork import naming
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     bench_env,
-    copy_tree,
+    copy_project,
     create_tracking_store,
     fmt_s,
     load_note,
@@ -189,7 +189,7 @@ def one_repeat(
     results: dict[str, Loop] = {}
     k = r % len(SIDES)
     for side in SIDES[k:] + SIDES[:k]:
-        project = copy_tree(template, tmp / f"{side}-{r}")
+        project = copy_project(template, tmp / f"{side}-{r}")
         if side == "mlfork-later":  # as an earlier run in the project leaves it
             db = project / naming.TRACKING_DB
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ def one_repeat(
 
 
 def warm_up(template: Path, tmp: Path, env: dict[str, str]) -> None:
-    scratch = copy_tree(template, tmp / "warm-up")
+    scratch = copy_project(template, tmp / "warm-up")
     run(["dvc", "repro", "-q"], cwd=scratch, env=env)
     run([sys.executable, "-c", "import mlflow, hydra, dvc.repo, pygit2"], cwd=scratch, env=env)
     rmtree(scratch)

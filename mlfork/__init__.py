@@ -1,147 +1,81 @@
 """mlfork: forkable ML runs on git, DVC, Hydra and MLflow.
 
-The Python API mirrors the CLI; each function takes `path` (the project, default ".")
-and keyword arguments named like the CLI's options, and returns plain data.
+The Python API is the CLI's operations themselves, typed: each takes the project's `path`
+(default ".") first, then, where the command has one, its run (`run`, `branch`'s source,
+`report`'s fork), and keyword arguments named like the CLI's options; each returns plain
+data (dataclasses, or a pandas DataFrame for `metrics`). Progress comes through an optional
+`progress` callable; nothing is printed.
 
     import mlfork
     mlfork.init("demo")
-    result = mlfork.run(path="demo", name="base", iterations=4)
+    result = mlfork.run("demo", name="base", iterations=4)
     for info in mlfork.runs("demo"):
         print(info.name, info.done, info.headline_value)
+
+The operations are imported on first use, so `import mlfork` stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from mlfork.errors import MlforkError
 
 if TYPE_CHECKING:
-    from mlfork.models import Checkpoint, RunInfo, RunResult
-    from mlfork.ops.kernel.init import InitResult
-    from mlfork.ops.mirroring.sync import SyncResult
-    from mlfork.ops.running.fork import ForkResult
+    from mlfork.ops.comparing.diff import diff as diff
+    from mlfork.ops.comparing.plot import plot as plot
+    from mlfork.ops.comparing.report import report as report
+    from mlfork.ops.comparing.stitch import metrics as metrics
+    from mlfork.ops.comparing.tree import tree as tree
+    from mlfork.ops.kernel.init import init as init
+    from mlfork.ops.kernel.lineage import log as log
+    from mlfork.ops.kernel.lineage import runs as runs
+    from mlfork.ops.mirroring.sync import sync as sync
+    from mlfork.ops.replaying.launch import launch as launch_replay
+    from mlfork.ops.replaying.plan import plan as replay
+    from mlfork.ops.replaying.verify import verify as verify
+    from mlfork.ops.running.fork import branch as branch
+    from mlfork.ops.running.rm import rm as rm
+    from mlfork.ops.running.start import resume as resume
+    from mlfork.ops.running.start import start as run
 
 __version__ = "0.1.0"
-__all__ = ["MlforkError", "init", "run", "resume", "branch", "runs", "log", "sync"]
+
+# public name -> (module, attribute): `mlfork run` is `start`, `mlfork replay` is `plan`
+_OPERATIONS = {
+    "init": ("mlfork.ops.kernel.init", "init"),
+    "run": ("mlfork.ops.running.start", "start"),
+    "resume": ("mlfork.ops.running.start", "resume"),
+    "branch": ("mlfork.ops.running.fork", "branch"),
+    "rm": ("mlfork.ops.running.rm", "rm"),
+    "runs": ("mlfork.ops.kernel.lineage", "runs"),
+    "log": ("mlfork.ops.kernel.lineage", "log"),
+    "sync": ("mlfork.ops.mirroring.sync", "sync"),
+    "metrics": ("mlfork.ops.comparing.stitch", "metrics"),
+    "tree": ("mlfork.ops.comparing.tree", "tree"),
+    "diff": ("mlfork.ops.comparing.diff", "diff"),
+    "plot": ("mlfork.ops.comparing.plot", "plot"),
+    "report": ("mlfork.ops.comparing.report", "report"),
+    "replay": ("mlfork.ops.replaying.plan", "plan"),
+    "launch_replay": ("mlfork.ops.replaying.launch", "launch"),
+    "verify": ("mlfork.ops.replaying.verify", "verify"),
+}
+__all__ = [
+    "MlforkError", "__version__", "init", "run", "resume", "branch", "rm", "runs", "log",
+    "sync", "metrics", "tree", "diff", "plot", "report", "replay", "launch_replay", "verify",
+]
 
 
-def init(path: str = ".") -> InitResult:
-    """`mlfork init PATH`."""
-    from mlfork.ops.kernel.init import init as _init
-
-    return _init(path)
-
-
-def run(path: str = ".", **options: Any) -> RunResult:
-    """`mlfork run`: name, iterations, timeout, stage_timeout, tags, overrides."""
-    from mlfork.ops.running.start import start
-
-    return start(path=path, **options)
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _OPERATIONS[name]
+    except KeyError:
+        raise AttributeError(f"module 'mlfork' has no attribute '{name}'") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
 
 
-def resume(path: str = ".", **options: Any) -> RunResult:
-    """`mlfork resume`: run, iterations, timeout, stage_timeout."""
-    from mlfork.ops.running.start import resume as _resume
-
-    return _resume(path=path, **options)
-
-
-def branch(path: str = ".", **options: Any) -> ForkResult:
-    """`mlfork branch`: source, from_iteration, from_step, name, iterations, tags,
-    inherit_tags, timeout, stage_timeout, switch, run, overrides. The result's `fork_run`,
-    `fork_iteration` and `fork_step` say where the fork came from."""
-    from mlfork.ops.running.fork import branch as _branch
-
-    return _branch(path=path, **options)
-
-
-def runs(path: str = ".") -> list[RunInfo]:
-    """`mlfork runs`."""
-    from mlfork.ops.kernel.lineage import runs as _runs
-
-    return _runs(path)
-
-
-def log(path: str = ".", run: str | None = None) -> list[Checkpoint]:
-    """`mlfork log RUN`."""
-    from mlfork.ops.kernel.lineage import log as _log
-
-    return _log(path, run)
-
-
-def sync(path: str = ".", rebuild: bool = False) -> SyncResult:
-    """`mlfork sync [--rebuild]`."""
-    from mlfork.ops.mirroring.sync import sync as _sync
-
-    return _sync(path, rebuild)
-
-
-# -- compare and review (issue 4) ---------------------------------------------------------------
-
-__all__ += ["metrics", "tree", "diff", "plot", "report"]
-
-
-def metrics(path: str = ".", runs: Any = None, **options: Any) -> Any:
-    """`mlfork metrics RUN...` -> pandas.DataFrame (run, owner, iteration, metric, value,
-    inherited). runs: a name or a list (default: the run checked out); mode ("stitched" or
-    "own"), metrics (names), source ("auto", "tracking", "git"), fast (False forces the
-    public MLflow API path)."""
-    from mlfork.ops.comparing.stitch import metrics as _metrics
-
-    return _metrics(path, runs, **options)
-
-
-def tree(path: str = ".") -> Any:
-    """`mlfork tree`: the root runs (ops.comparing.tree.TreeNode), each with its forks."""
-    from mlfork.ops.comparing.tree import tree as _tree
-
-    return _tree(path)
-
-
-def diff(path: str = ".", a: str | None = None, b: str | None = None, **options: Any) -> Any:
-    """`mlfork diff A B` -> ops.comparing.diff.DiffResult; source."""
-    from mlfork.ops.comparing.diff import diff as _diff
-
-    return _diff(path, a, b, **options)
-
-
-def plot(path: str = ".", runs: Any = None, **options: Any) -> Any:
-    """`mlfork plot RUN...` -> ops.plot.PlotResult; output, metric, x ("iteration" or
-    "since-fork"), source. `mlfork.ops.comparing.plot.figure(...)` returns the figure unsaved."""
-    from mlfork.ops.comparing.plot import plot as _plot
-
-    return _plot(path, runs, **options)
-
-
-def report(path: str = ".", fork: str | None = None, **options: Any) -> Any:
-    """`mlfork report FORK` -> ops.report.ReportResult; base, output, assets, force,
-    source."""
-    from mlfork.ops.comparing.report import report as _report
-
-    return _report(path, fork, **options)
-
-
-# -- replay and verify (issue 5) ----------------------------------------------------------------
-
-__all__ += ["replay", "verify"]
-
-
-def replay(path: str = ".", run: str | None = None, **options: Any) -> Any:
-    """`mlfork replay RUN` -> ops.replay.ReplayPlan (commands, environment diff, dataset
-    checks); iteration. With launch=True (`--launch`) -> ops.replay.ReplayResult (the
-    replay run and its comparison with the original); force, name, progress."""
-    from mlfork.ops.replaying.launch import launch
-    from mlfork.ops.replaying.plan import plan
-
-    if options.pop("launch", False):
-        return launch(path=path, run=run, **options)
-    return plan(path=path, run=run, **options)
-
-
-def verify(path: str = ".", run: str | None = None, **options: Any) -> Any:
-    """`mlfork verify RUN --from-iteration N` -> ops.verify.VerifyResult; from_iteration,
-    iterations, keep, progress."""
-    from mlfork.ops.replaying.verify import verify as _verify
-
-    return _verify(path=path, run=run, **options)
+def __dir__() -> list[str]:
+    return sorted(__all__)

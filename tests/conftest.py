@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import mlfork
+from mlfork import testing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,58 +22,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("home")
-    gitconfig = home / ".gitconfig"
-    gitconfig.write_text(
-        "[user]\n\tname = mlfork tests\n\temail = tests@mlfork.invalid\n"
-        "[init]\n\tdefaultBranch = main\n"
-    )
+    env = testing.isolated_env(home)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        mp.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-        mp.setenv("DVC_NO_ANALYTICS", "1")
-        mp.setenv("DVC_SITE_CACHE_DIR", str(home / "dvc-site-cache"))
-        mp.setenv("DVC_GLOBAL_CONFIG_DIR", str(home / "dvc-global"))
-        mp.setenv("DVC_SYSTEM_CONFIG_DIR", str(home / "dvc-system"))
-        mp.setenv("PYTHONDONTWRITEBYTECODE", "1")
-        for var in (
-            "MLFLOW_TRACKING_URI",
-            "GIT_AUTHOR_NAME",
-            "GIT_AUTHOR_EMAIL",
-            "GIT_COMMITTER_NAME",
-            "GIT_COMMITTER_EMAIL",
-            "GIT_DIR",
-            "GIT_WORK_TREE",
-        ):
-            mp.delenv(var, raising=False)
-        # pygit2 reads the global config once per process: point it at ours.
-        import pygit2
-
-        pygit2.settings.search_path[pygit2.enums.ConfigLevel.GLOBAL] = str(home)
-        pygit2.settings.search_path[pygit2.enums.ConfigLevel.SYSTEM] = str(home / "nosystem")
-        pygit2.settings.search_path[pygit2.enums.ConfigLevel.XDG] = str(home / "noxdg")
+        for var in set(os.environ) - set(env):
+            mp.delenv(var)
+        for var, value in env.items():
+            mp.setenv(var, value)
+        testing.isolate_pygit2(home)
         yield home
 
 
-def copy_project(src: Path, dest: Path) -> Path:
-    """Copy a project, keeping hard links between its files (DVC outputs linked to the
-    cache stay linked in the copy, as in the original)."""
-    linked: dict[tuple[int, int], str] = {}
-
-    def copy(s: str, d: str) -> str:
-        st = os.lstat(s)
-        if st.st_nlink > 1:
-            first = linked.setdefault((st.st_dev, st.st_ino), d)
-            if first != d:
-                os.link(first, d)
-                return d
-        return shutil.copy2(s, d)
-
-    shutil.copytree(src, dest, symlinks=True, copy_function=copy)
-    shutil.rmtree(dest / ".git" / "mlfork", ignore_errors=True)  # the template's lock
-    return dest
+copy_project = testing.copy_project
 
 
 @pytest.fixture(scope="session")

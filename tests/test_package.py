@@ -111,3 +111,30 @@ def test_init_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     tracked = git(demo, "ls-files").split()
     assert {"conf/config.yaml", "dvc.yaml", "pipelines/train.py", "params.yaml"} <= set(tracked)
     assert git(demo, "status", "--porcelain") == ""
+
+
+def test_the_python_api_is_the_typed_operations_imported_on_first_use() -> None:
+    """`mlfork.X` is the operation itself (its signature, its docstring), loaded lazily;
+    every public name resolves and `__all__` lists exactly the operations."""
+    code = (
+        "import sys, inspect, mlfork\n"
+        "assert not any(m.startswith('mlfork.ops') for m in sys.modules), 'eager import'\n"
+        "from mlfork.ops.running.start import start\n"
+        "from mlfork.ops.replaying.plan import plan\n"
+        "assert mlfork.run is start and mlfork.replay is plan\n"
+        "for name in mlfork.__all__:\n"
+        "    value = getattr(mlfork, name)\n"
+        "    if callable(value) and name != 'MlforkError':\n"
+        "        params = inspect.signature(value).parameters\n"
+        "        assert next(iter(params)) == 'path', name\n"
+        "        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), name\n"
+        "        assert value.__doc__, name\n"
+        "try:\n"
+        "    mlfork.nothing\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('mlfork.nothing resolved')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

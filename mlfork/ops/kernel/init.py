@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ def example_dir() -> Path:
 
 
 def init(path: str | os.PathLike[str] = ".") -> InitResult:
+    """`mlfork init PATH`: a new project (an empty or missing folder gets the example,
+    built aside and moved into place whole), or an existing DVC project adopted (its own
+    files untouched; mlfork's local state ignored)."""
     target = Path(path).resolve()
     if not target.exists() or not any(target.iterdir()):
         return create(target)  # a new project, even inside another repository
@@ -134,11 +138,16 @@ def _create(src: Path, target: Path) -> InitResult:
     ]
     commit = git.add_and_commit_initial(paths, "mlfork init: example project\n")
     faults.point("init.committed")
+    notes = []
+    if importlib.util.find_spec("sklearn") is None:
+        notes.append("the example's data_split stage needs scikit-learn, which is not"
+                     " installed here: pip install 'mlfork[example]'")
     return InitResult(
         root=str(target),
         mode="created",
         actions=["git init", "dvc init (cache.type reflink,hardlink,symlink)", "example project"],
         commit=commit,
+        notes=notes,
     )
 
 

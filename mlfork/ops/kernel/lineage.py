@@ -9,6 +9,7 @@ part of the run and belongs to the iteration after the last checkpoint before it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -218,7 +219,7 @@ def headline_at(project: Project, rev: str) -> tuple[str | None, float | None]:
     return first, values[first]
 
 
-def runs(path: str = ".") -> list[RunInfo]:
+def runs(path: str | os.PathLike[str] = ".") -> list[RunInfo]:
     """Every run of the project (`mlfork runs`), by name."""
     project = Project.open(path, require_dvc=False)
     try:
@@ -227,7 +228,7 @@ def runs(path: str = ".") -> list[RunInfo]:
         project.close()
 
 
-def log(path: str = ".", run: str | None = None) -> list[Checkpoint]:
+def log(path: str | os.PathLike[str] = ".", run: str | None = None) -> list[Checkpoint]:
     """A run's checkpoints with their metrics, oldest first (`mlfork log`); inherited ones
     name the ancestor that owns them."""
     project = Project.open(path, require_dvc=False)

@@ -48,9 +48,9 @@ def drift_messages(p: ReplayPlan) -> list[str]:
 
 
 def launch(
-    *,
     path: str | os.PathLike[str] = ".",
     run: str | None = None,
+    *,
     iteration: int | None = None,
     force: bool = False,
     name: str | None = None,

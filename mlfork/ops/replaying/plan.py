@@ -136,9 +136,9 @@ class ReplayResult:
 
 
 def plan(
-    *,
     path: str | os.PathLike[str] = ".",
     run: str | None = None,
+    *,
     iteration: int | None = None,
     name: str | None = None,
 ) -> ReplayPlan:

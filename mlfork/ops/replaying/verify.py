@@ -52,9 +52,9 @@ class VerifyResult:
 
 
 def verify(
-    *,
     path: str | os.PathLike[str] = ".",
     run: str | None = None,
+    *,
     from_iteration: int,
     iterations: int | None = None,
     keep: bool = False,

@@ -70,9 +70,9 @@ class ForkResult:
 
 
 def branch(
-    *,
     path: str | os.PathLike[str] = ".",
     source: str | None = None,
+    *,
     from_iteration: int | None = None,
     from_step: str | None = None,
     name: str | None = None,

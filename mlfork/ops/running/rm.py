@@ -50,7 +50,7 @@ def dependents(project: Project, name: str) -> list[str]:
     return sorted(out)
 
 
-def rm(*, path: str | os.PathLike[str] = ".", run: str, force: bool = False) -> RmResult:
+def rm(path: str | os.PathLike[str] = ".", *, run: str, force: bool = False) -> RmResult:
     """Remove run `run` (its exact name or branch: never a prefix). Refused while it is
     checked out, or while forks depend on it unless `force`."""
     project = Project.open(path, require_dvc=False)

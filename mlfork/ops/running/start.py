@@ -94,8 +94,8 @@ class Plan:
 
 
 def start(
-    *,
     path: str | os.PathLike[str] = ".",
+    *,
     name: str | None = None,
     iterations: int | None = None,
     timeout: float | None = None,
@@ -220,9 +220,9 @@ def _plan_start(
 
 
 def resume(
-    *,
     path: str | os.PathLike[str] = ".",
     run: str | None = None,
+    *,
     iterations: int | None = None,
     timeout: float | None = None,
     stage_timeout: float | None = None,
