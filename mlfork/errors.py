@@ -25,6 +25,7 @@ Exit codes (documented in the README):
        no DVC remote provided it (the message names the `dvc pull` to run)
     18 git refused an operation (a branch moved while mlfork worked on it, a switch failed)
     130 interrupted (Ctrl-C); resumable
+    141 the reader of the output went away (`mlfork log` piped into `head -1`): nothing printed
 """
 
 from __future__ import annotations
