@@ -18,6 +18,9 @@ LOCAL_DIR = ".mlfork/local"
 TRACKING_DB = ".mlfork/local/mlflow.db"
 LOCK_DIR = "mlfork"  # in the git directory (of the worktree): the project locks
 OUTBOX_DIR = ".mlfork/local/outbox"
+# the background delivery of the outbox: its lock (one at a time) and its log
+SYNC_LOCK = ".mlfork/local/sync.lock"
+SYNC_LOG = ".mlfork/local/sync.log"
 STATE_DIR = ".mlfork/local/state"
 LOGS_DIR = ".mlfork/local/logs"
 GUARD_DIR = ".mlfork/local/guard"  # what a command backs up until its first checkpoint
@@ -58,6 +61,8 @@ TAG_NOTE = "mlflow.note.content"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_OVERRIDES = "mlfork.overrides"
 TAG_BUDGET = "mlfork.budget"
+# what the last complete write from git delivered: {"commit", "status", "step", "ts"}
+TAG_MIRRORED = "mlfork.mirrored"
 # run-record tags mlfork itself gives the runs it makes (mirrored as MLflow tags)
 TAG_REPLAY_OF = "mlfork.replay_of"
 TAG_REPLAY_ITERATION = "mlfork.replay_iteration"

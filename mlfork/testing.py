@@ -13,7 +13,7 @@ from pathlib import Path
 
 BIN = str(Path(sys.executable).parent)  # this interpreter's scripts: mlfork, dvc, mlflow
 DROPPED_PREFIXES = ("GIT_", "DVC_", "MLFLOW_")
-DROPPED = ("VIRTUAL_ENV", "PYTHONPATH")
+DROPPED = ("VIRTUAL_ENV", "PYTHONPATH", "MLFORK_WAIT")
 
 
 def isolated_env(
@@ -22,12 +22,16 @@ def isolated_env(
     name: str = "mlfork tests",
     email: str = "tests@mlfork.invalid",
     base: Mapping[str, str] | None = None,
+    wait: bool = True,
 ) -> dict[str, str]:
     """`base` (default: this process's environment) cut off from the machine: a fresh HOME
     whose git config has the identity `name <email>` and `main` as the default branch, no
     system git config, DVC's config and site-cache folders inside HOME, no analytics, no
     GIT_*, DVC_* or MLFLOW_* variable of the caller, and this interpreter's scripts first
-    on PATH."""
+    on PATH. With `wait` (MLFORK_WAIT=1) every command delivers its tracking writes before
+    it returns, so that what a test reads from the store right after a command is there and
+    no background `mlfork sync` outlives a test; the background delivery is tested with
+    `wait=False`."""
     home.mkdir(parents=True, exist_ok=True)
     gitconfig = home / ".gitconfig"
     gitconfig.write_text(
@@ -49,6 +53,8 @@ def isolated_env(
         "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
         "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
     })
+    if wait:
+        env["MLFORK_WAIT"] = "1"
     return env
 
 

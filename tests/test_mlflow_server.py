@@ -157,5 +157,6 @@ def test_json_output_stays_json_with_a_server(served: Any) -> None:
     assert json.loads(forked.stdout)["run"]["status"] == "completed"
     synced = cli(root, "sync", "--json", env=env)
     assert synced.returncode == 0, synced.stderr
-    assert "j" in json.loads(synced.stdout)["runs"]
+    data = json.loads(synced.stdout)
+    assert "j" in data["runs"] + data["current"]
     assert "View run" not in forked.stdout + synced.stdout

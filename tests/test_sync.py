@@ -88,5 +88,5 @@ def test_sync_json_reports_the_runs(lineage: Path) -> None:
     result = cli(lineage, "sync", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert sorted(data["runs"]) == ["base", "f1", "f2"]
+    assert sorted(data["runs"] + data["current"]) == ["base", "f1", "f2"]
     assert data["uri"].startswith("sqlite:///")

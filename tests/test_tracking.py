@@ -132,7 +132,8 @@ def test_tracking_outage_parks_writes_and_sync_delivers_them(
     assert writes and {w["run"] for w in writes} == {"base"}
     parked = {(key, step) for w in writes for key, _, _, step in w["metrics"]}
     assert parked == {(key, step) for key in METRICS for step in (0, 1)}
-    assert writes[-1]["status"] == "FINISHED"
+    assert [w["status"] for w in writes if w["status"]][-1] == "FINISHED"
+    assert writes[-1]["refresh"]  # and: bring the run up to date from git on delivery
     assert git(offline, "status", "--porcelain") == ""  # git is complete regardless
 
     first = cli(offline, "sync")  # MLFLOW_TRACKING_URI unset: the embedded store

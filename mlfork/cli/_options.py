@@ -41,3 +41,11 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def verbose(ctx: click.Context) -> bool:
     return bool((ctx.find_root().obj or {}).get("verbose"))
+
+
+def wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--wait", is_flag=True, default=None,
+        help="Deliver the tracking writes before returning (default: a background"
+             " 'mlfork sync' does; MLFORK_WAIT=1 makes this the default).",
+    )(fn)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mlfork.cli._options import MAX_ITERATIONS, json_option, runtime_options, verbose
+from mlfork.cli._options import MAX_ITERATIONS, json_option, runtime_options, verbose, wait_option
 from mlfork.cli._output import ProgressView, emit_json, note, render_run_result
 
 
@@ -26,13 +26,15 @@ from mlfork.cli._output import ProgressView, emit_json, note, render_run_result
 @runtime_options
 @click.option("--no-switch", is_flag=True, help="Leave the workspace where it is.")
 @click.option("--run", "run_now", is_flag=True, help="Continue the fork at once (like resume).")
+@wait_option
 @json_option
 @click.argument("overrides", nargs=-1, metavar="[OVERRIDE]...")
 @click.pass_context
 def command(ctx: click.Context, source: str | None, from_iteration: int | None,
             from_step: str | None, name: str | None, iterations: int | None,
             tags: tuple[str, ...], inherit_tags: bool, timeout: float | None,
-            stage_timeout: float | None, no_switch: bool, run_now: bool, as_json: bool,
+            stage_timeout: float | None, no_switch: bool, run_now: bool, wait: bool | None,
+            as_json: bool,
             overrides: tuple[str, ...]) -> None:
     """Fork a run at a checkpoint: a new branch mlfork/NAME at the checkpoint commit plus one
     commit with the fork's run record and config. Nothing is recomputed or copied.
@@ -54,7 +56,7 @@ def command(ctx: click.Context, source: str | None, from_iteration: int | None,
             iterations=iterations, tags=tags, inherit_tags=inherit_tags, timeout=timeout,
             stage_timeout=stage_timeout, switch=not no_switch, run=run_now,
             overrides=overrides, argv=["mlfork", *sys.argv[1:]], progress=view,
-            echo=verbose(ctx),
+            echo=verbose(ctx), wait=wait,
         )
     if as_json:
         emit_json(result.to_dict())

@@ -6,7 +6,13 @@ import sys
 
 import click
 
-from mlfork.cli._options import iterations_option, json_option, runtime_options, verbose
+from mlfork.cli._options import (
+    iterations_option,
+    json_option,
+    runtime_options,
+    verbose,
+    wait_option,
+)
 from mlfork.cli._output import ProgressView, emit_json, render_run_result
 
 
@@ -14,6 +20,7 @@ from mlfork.cli._output import ProgressView, emit_json, render_run_result
 @click.argument("run", required=False)
 @iterations_option("Run K more iterations (raising the budget if needed) instead of up to it.")
 @runtime_options
+@wait_option
 @json_option
 @click.pass_context
 def command(
@@ -22,6 +29,7 @@ def command(
     iterations: int | None,
     timeout: float | None,
     stage_timeout: float | None,
+    wait: bool | None,
     as_json: bool,
 ) -> None:
     """Continue RUN (default: the run checked out) from its first uncommitted stage.
@@ -40,6 +48,7 @@ def command(
             progress=view,
             echo=verbose(ctx),
             argv=["mlfork", *sys.argv[1:]],
+            wait=wait,
         )
     if as_json:
         emit_json(result.to_dict())

@@ -6,7 +6,13 @@ import sys
 
 import click
 
-from mlfork.cli._options import iterations_option, json_option, runtime_options, verbose
+from mlfork.cli._options import (
+    iterations_option,
+    json_option,
+    runtime_options,
+    verbose,
+    wait_option,
+)
 from mlfork.cli._output import ProgressView, emit_json, render_run_result
 
 
@@ -17,6 +23,7 @@ from mlfork.cli._output import ProgressView, emit_json, render_run_result
 @click.option(
     "--tag", "tags", multiple=True, metavar="T", help="Tag the run (k or k=v); repeatable."
 )
+@wait_option
 @json_option
 @click.argument("overrides", nargs=-1, metavar="[OVERRIDE]...")
 @click.pass_context
@@ -27,6 +34,7 @@ def command(
     timeout: float | None,
     stage_timeout: float | None,
     tags: tuple[str, ...],
+    wait: bool | None,
     as_json: bool,
     overrides: tuple[str, ...],
 ) -> None:
@@ -52,6 +60,7 @@ def command(
             argv=["mlfork", *sys.argv[1:]],
             progress=view,
             echo=verbose(ctx),
+            wait=wait,
         )
     if as_json:
         emit_json(result.to_dict())

@@ -13,11 +13,21 @@ from mlfork.cli._output import emit_json, note, warn
     "--rebuild", is_flag=True,
     help="Delete the project's runs from the store and recreate them from git alone.",
 )
+@click.option("--background", is_flag=True, hidden=True,
+              help="Deliver the outbox only, unless another process does (started by mlfork).")
 @json_option
-def command(rebuild: bool, as_json: bool) -> None:
+def command(rebuild: bool, background: bool, as_json: bool) -> None:
     """Deliver the tracking writes waiting in the outbox, then bring the tracking store up to
-    date with git (runs, lineage tags, params, metric histories). Running it twice changes
-    nothing the second time."""
+    date with git (runs, lineage tags, params, metric histories). Only what the store lacks
+    is sent; running it twice changes nothing the second time.
+
+    Commands that write lineage (branch, rm, the end of run and resume) deliver their
+    tracking writes in the background unless given --wait; this waits for that delivery
+    first. Its log: .mlfork/local/sync.log.
+    """
+    if background:
+        _background()
+        return
     from mlfork.ops.mirroring.sync import sync
 
     result = sync(rebuild=rebuild)
@@ -28,8 +38,26 @@ def command(rebuild: bool, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_dict())
         return
+    total = len(result.runs) + len(result.current)
     note(
-        f"synced {len(result.runs)} run(s) to {result.uri}: {result.delivered} pending write(s)"
-        f" delivered" + (f", {result.deleted} run(s) rebuilt" if rebuild else "")
+        f"synced {total} run(s) to {result.uri}: {result.delivered} pending write(s)"
+        f" delivered, {len(result.runs)} run(s) updated ({result.points} metric point(s)),"
+        f" {len(result.current)} already up to date"
+        + (f", {result.deleted} run(s) rebuilt" if rebuild else "")
         + (f", {result.repaired} duplicate MLflow run(s) removed" if result.repaired else "")
     )
+
+
+def _background() -> None:
+    """The detached delivery: what it did goes to its log (its stdout), one JSON line."""
+    import json
+    import time
+
+    from mlfork.ops.kernel.project import Project
+    from mlfork.ops.mirroring.background import deliver
+
+    started = time.monotonic()
+    project = Project.open(".", require_dvc=False)
+    done = deliver(project)
+    done["seconds"] = round(time.monotonic() - started, 3)
+    click.echo(json.dumps(done, sort_keys=True))

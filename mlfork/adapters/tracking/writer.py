@@ -6,7 +6,8 @@ MLflow would cut are kept whole as artifacts."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,38 @@ class RunWrite:
     status: str | None = None  # RUNNING, FINISHED, FAILED, KILLED
     end_time: int | None = None
     deleted: bool = False  # the run was removed (`mlfork rm`): mark its MLflow run deleted
+    # an outbox entry that says only "bring this run up to date from git": whoever delivers
+    # it computes the write then (a fork's write costs what its history holds: not the fork's)
+    refresh: bool = False
+    # the write holds everything git has up to a commit: recorded with the run (TAG_MIRRORED)
+    # so that the next write sends only what comes after, and an up-to-date run is skipped
+    mirrored: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunWrite:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One mlfork run as the store has it: its MLflow id, status and tags."""
+
+    run_id: str
+    status: str
+    tags: dict[str, str]
+
+    @property
+    def mirrored(self) -> dict[str, Any] | None:
+        """The watermark of the last complete write (None: there was none, or unreadable)."""
+        try:
+            mark = json.loads(self.tags.get(naming.TAG_MIRRORED, ""))
+        except ValueError:
+            return None
+        return mark if isinstance(mark, dict) else None
 
 
 class Tracker:
@@ -61,6 +87,7 @@ class Tracker:
         self._client: Any = None
         self._experiments: dict[str, str] = {}
         self._runs: dict[tuple[str, str], str] = {}
+        self._known: dict[tuple[str, str], Indexed] = {}
         self.warnings: list[str] = []  # what a write had to say (a value MLflow would cut)
 
     @property
@@ -135,8 +162,44 @@ class Tracker:
         found = self._candidates(experiment, run)
         if not found:
             return None
-        self._runs[key] = found[0].info.run_id
+        self._remember(experiment, run, found[0])
         return self._runs[key]
+
+    def _remember(self, experiment: str, run: str, found: Any) -> None:
+        self._runs[(experiment, run)] = found.info.run_id
+        self._known[(experiment, run)] = Indexed(
+            found.info.run_id, found.info.status, dict(found.data.tags)
+        )
+
+    def known(self, experiment: str, run: str) -> Indexed | None:
+        """The store's view of `run` (its status and tags), as last read; None if absent."""
+        if (experiment, run) not in self._known and self.find_run(experiment, run) is None:
+            return None
+        return self._known.get((experiment, run))
+
+    def index(self, experiment: str) -> dict[str, list[Any]]:
+        """Every active MLflow run of the experiment tagged as an mlfork run, by run name,
+        canonical first (the oldest); one paged search. The canonical ones are remembered."""
+        exp_id = self.experiment_id(experiment)
+        by_run: dict[str, list[Any]] = {}
+        token = None
+        while True:
+            page = self.call(
+                "be searched", self.client.search_runs, [exp_id],
+                filter_string=f"tags.`{naming.TAG_RUN}` != ''", max_results=1000,
+                page_token=token,
+            )
+            for r in page:
+                name = r.data.tags.get(naming.TAG_RUN)
+                if name:
+                    by_run.setdefault(name, []).append(r)
+            token = page.token
+            if not token:
+                break
+        for name, found in by_run.items():
+            found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            self._remember(experiment, name, found[0])
+        return by_run
 
     def _find_or_create(self, w: RunWrite) -> str:
         """The MLflow run of `w.run`, created if there is none. Two writers racing (a sync
@@ -159,59 +222,22 @@ class Tracker:
         if canonical != mine:
             self.call("be written", self.client.delete_run, mine)
         self._runs[(w.experiment, w.run)] = canonical
+        self._known.pop((w.experiment, w.run), None)
         return str(canonical)
 
     def repair_duplicates(self, experiment: str) -> int:
         """Delete every non-canonical MLflow run of an mlfork run that has several (left by
         an older mlfork, or by writers racing); the number deleted."""
-        exp_id = self.experiment_id(experiment)
-        by_run: dict[str, list[Any]] = {}
-        token = None
-        while True:
-            page = self.call(
-                "be searched", self.client.search_runs, [exp_id],
-                filter_string=f"tags.`{naming.TAG_RUN}` != ''", max_results=1000,
-                page_token=token,
-            )
-            for r in page:
-                by_run.setdefault(r.data.tags.get(naming.TAG_RUN), []).append(r)
-            token = page.token
-            if not token:
-                break
         deleted = 0
-        for name, found in by_run.items():
-            found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        for found in self.index(experiment).values():
             for extra in found[1:]:
                 self.call("be written", self.client.delete_run, extra.info.run_id)
                 deleted += 1
-            if name and found:
-                self._runs[(experiment, name)] = found[0].info.run_id
         return deleted
 
     def run_ids(self, experiment: str) -> dict[str, str]:
         """mlfork run name -> MLflow run id, for every mlfork run of the experiment."""
-        exp_id = self.experiment_id(experiment)
-        out: dict[str, str] = {}
-        token = None
-        while True:
-            page = self.call(
-                "be searched",
-                self.client.search_runs,
-                [exp_id],
-                filter_string=f"tags.`{naming.TAG_RUN}` != ''",
-                max_results=1000,
-                page_token=token,
-            )
-            for r in page:
-                name = r.data.tags.get(naming.TAG_RUN)
-                if name:
-                    out[name] = r.info.run_id
-            token = page.token
-            if not token:
-                break
-        for name, rid in out.items():
-            self._runs[(experiment, name)] = rid
-        return out
+        return {name: found[0].info.run_id for name, found in self.index(experiment).items()}
 
     def write(self, w: RunWrite) -> str:
         """Apply one RunWrite; idempotent. Returns the MLflow run id."""
@@ -221,6 +247,7 @@ class Tracker:
             for found in self._candidates(w.experiment, w.run):
                 self.call("be written", self.client.delete_run, found.info.run_id)
             self._runs.pop((w.experiment, w.run), None)
+            self._known.pop((w.experiment, w.run), None)
             return ""
         run_id = self._find_or_create(w)
         faults.point("mirror.created")
@@ -258,6 +285,12 @@ class Tracker:
             self.call("be written", self.client.update_run, run_id, status=w.status)
         elif w.status is not None:
             self.call("be written", self._terminate, run_id, w.status, w.end_time)
+        if w.mirrored is not None:  # last: a write cut short leaves the old watermark
+            mark = json.dumps(w.mirrored, sort_keys=True, separators=(",", ":"))
+            self.call("be written", self.client.set_tag, run_id, naming.TAG_MIRRORED, mark)
+            self._known[(w.experiment, w.run)] = Indexed(
+                run_id, w.status or "", {**tag_values, naming.TAG_MIRRORED: mark}
+            )
         return str(run_id)
 
     def _terminate(self, run_id: str, status: str, end_time: int | None) -> None:
@@ -306,4 +339,5 @@ class Tracker:
         for rid in ids.values():
             self.call("be written", self.client.delete_run, rid)
         self._runs = {k: v for k, v in self._runs.items() if k[0] != experiment}
+        self._known = {k: v for k, v in self._known.items() if k[0] != experiment}
         return len(ids)

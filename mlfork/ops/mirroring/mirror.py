@@ -3,7 +3,9 @@ alone, and the outbox that keeps writes the store could not take."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import threading
 import time
@@ -128,26 +130,26 @@ def note(rec: RunRecord, chain: list[dict[str, Any]], locked: Iterable[str] = ()
     return text[:8000]
 
 
-def metric_points(
-    cps: Iterable[Checkpoint], stages: list[str], owner: str | None = None
-) -> list[list[Any]]:
-    """[key, value, timestamp_ms, step] at the end of each iteration (optionally one owner's)."""
-    points: list[list[Any]] = []
-    for it, cp in sorted(lineage.end_of_iteration(list(cps), stages).items()):
-        if owner is not None and cp.run != owner:
-            continue
-        for key, value in sorted(cp.metrics.items()):
-            points.append([key, value, cp.time * 1000, it])
-    return points
+def full_write(project: Project, run: str, after: dict[str, Any] | None = None) -> RunWrite:
+    """The MLflow picture of a run, from git: tags, params and its metric points.
 
-
-def full_write(project: Project, run: str) -> RunWrite:
-    """The whole MLflow picture of a run, from git: tags, params, every metric point."""
+    `after` is the watermark of what the store already holds (TAG_MIRRORED of its last
+    complete write): while the checkpoint it names is still the run's, only the points after
+    it are read and sent; otherwise (none, or a rewritten history) every point is. Either
+    way the write carries the new watermark."""
     rev = lineage.tip(project, run)
     rec = lineage.record(project, run, rev)
-    cps = lineage.checkpoints(project, rev, with_metrics=True)
-    done = lineage.position(project, rev).done(rec.stages)
-    status = mlflow_status(project, rec, done, started=any(c.run == run for c in cps))
+    cps = lineage.checkpoints(project, rev)
+    ends = lineage.end_of_iteration(cps, rec.stages)
+    status = mlflow_status(project, rec, lineage.position(project, rev).done(rec.stages),
+                           started=any(c.run == run for c in cps))
+    since = _since(ends, after)
+    points: list[list[Any]] = []
+    for it, cp in sorted(ends.items()):
+        if it > since:
+            points += [[k, v, cp.time * 1000, it]
+                       for k, v in sorted(project.metrics.at(cp.commit).items())]
+    last = max(ends) if ends else None
     last_time = project.git.commit(rev).time * 1000
     return RunWrite(
         run=run,
@@ -155,20 +157,45 @@ def full_write(project: Project, run: str) -> RunWrite:
         start_time=iso_to_ms(rec.created),
         tags=run_tags(project, rec, rev),
         params=run_params(project, rev),
-        metrics=metric_points(cps, rec.stages),
+        metrics=points,
         status=status,
         end_time=last_time if status in ("FINISHED", "FAILED", "KILLED") else None,
+        mirrored={"commit": rev, "status": status, "step": last,
+                  "ts": ends[last].time * 1000 if last is not None else None},
     )
 
 
+def _since(ends: dict[int, Checkpoint], after: dict[str, Any] | None) -> int:
+    """The last iteration whose points the store holds, per its watermark; -1: none."""
+    if not after or not isinstance(after.get("step"), int):
+        return -1
+    cp = ends.get(after["step"])
+    return after["step"] if cp is not None and cp.time * 1000 == after.get("ts") else -1
+
+
+def current(project: Project, run: str) -> dict[str, Any]:
+    """What a complete write of `run` would record as its watermark's commit and status,
+    found without reading its history: to tell an up-to-date run in the store at a glance."""
+    rev = lineage.tip(project, run)
+    rec = lineage.record(project, run, rev)
+    started = False
+    for commit in lineage.walk(project, rev):
+        t = commit.trailers
+        if t is not None and t.iteration is not None and t.step is not None:
+            started = t.run == run
+            break
+    done = lineage.position(project, rev).done(rec.stages)
+    return {"commit": rev, "status": mlflow_status(project, rec, done, started)}
+
+
 def mlflow_status(project: Project, rec: RunRecord, done: int, started: bool) -> str:
+    """The run's MLflow status, as `mlfork runs` has it: a fork not run yet is stopped
+    (KILLED in MLflow's words), not SCHEDULED forever."""
     if done >= rec.iterations:
         return "FINISHED"
     state = lineage.run_status(project, rec.name, done, rec.iterations)
     if state == "running":
         return "RUNNING"
-    if not started:
-        return "SCHEDULED"
     return "FAILED" if state == "failed" else "KILLED"
 
 
@@ -209,7 +236,9 @@ class Mirror:
 
     With `background=True` the writes go through one worker thread, in order, so that a run
     does not wait for MLflow (its import and store set-up take seconds) before its first
-    stage: the stages run as subprocesses meanwhile. `close()` waits for the last write."""
+    stage: the stages run as subprocesses meanwhile. `close()` waits for the last write;
+    `close(wait=False)` puts what is not delivered yet in the outbox instead, for the
+    background `mlfork sync` (see `background.py`)."""
 
     project: Project
     uri: str
@@ -220,6 +249,9 @@ class Mirror:
     _down: bool = False
     _queue: queue.Queue[RunWrite | None] | None = None
     _worker: threading.Thread | None = None
+    _unsent: list[RunWrite] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: bool = False
 
     @property
     def tracker(self) -> Tracker:
@@ -237,18 +269,39 @@ class Mirror:
                 target=self._drain, args=(self._queue,), name="mlfork-mirror", daemon=True
             )
             self._worker.start()
+        with self._lock:
+            self._unsent.append(write)
         self._queue.put(write)
         return True
 
-    def close(self) -> None:
-        if self._worker is not None and self._queue is not None:
+    def close(self, wait: bool = True) -> bool:
+        """Stop the worker: `wait` for its last write, or park what it has not delivered
+        (the write in flight too: writes are idempotent). True if anything was parked."""
+        if self._worker is None or self._queue is None:
+            return False
+        if wait:
             self._queue.put(None)
             self._worker.join()
             self._worker = None
+            return False
+        with self._lock:
+            self._stopping = True
+            unsent, self._unsent = self._unsent, []
+        for write in unsent:
+            park(self.project, write)
+        self._queue.put(None)
+        self._worker = None
+        return bool(unsent)
 
     def _drain(self, writes: queue.Queue[RunWrite | None]) -> None:
         while (write := writes.get()) is not None:
+            with self._lock:
+                if self._stopping:
+                    return
             self._deliver(write)
+            with self._lock:
+                if write in self._unsent:
+                    self._unsent.remove(write)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -258,7 +311,12 @@ class Mirror:
     def _deliver(self, write: RunWrite) -> bool:
         if not self._down:
             try:
-                flush(self.project, self.tracker)
+                # a write from git is computed in this thread only when it is the caller's
+                flush(self.project, self.tracker, refresh=not self.background)
+                if write.refresh:
+                    write = refreshed(self.project, self.tracker, write.run) or write
+                    if write.refresh:  # the run is gone: nothing to bring up to date
+                        return True
                 self.tracker.write(write)
                 return True
             except Undeliverable as exc:  # this write, not the store: set it aside
@@ -282,10 +340,27 @@ class Mirror:
         return False
 
 
+def refresh(run: str) -> RunWrite:
+    """A write that says only: bring `run` up to date from git (computed on delivery)."""
+    return RunWrite(run=run, experiment="", start_time=0, refresh=True)
+
+
+def refreshed(project: Project, tracker: Tracker, run: str) -> RunWrite | None:
+    """The write that brings `run` up to date in the store, from git: only what comes after
+    the store's watermark. None when the run no longer exists."""
+    rev = project.git.resolve_branch(naming.branch_name(run))
+    if rev is None:
+        return None
+    known = tracker.known(experiment_name(project, rev), run)
+    return full_write(project, run, after=known.mirrored if known is not None else None)
+
+
 def park(project: Project, write: RunWrite, bad: bool = False) -> Any:
     """Put a write in the outbox (`bad`: set aside, never delivered, kept to inspect)."""
     path = project.local("outbox", naming.outbox_entry(write.run, time.time_ns(), bad))
-    path.write_text(json.dumps(write.to_dict(), sort_keys=True), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(write.to_dict(), sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)  # whole, or not at all: a reader never sees half an entry
     return path
 
 
@@ -299,34 +374,53 @@ def pending(project: Project) -> list[Any]:
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
-def flush(project: Project, tracker: Tracker) -> int:
+def flush(project: Project, tracker: Tracker, refresh: bool = True) -> int:
     """Deliver the outbox in order; each delivered write leaves it. A write the store can
     never take (unreadable, or refused for what it holds) is set aside as `.bad` with a
-    warning in `tracker.warnings`, and never blocks the others. Raises TrackingError when
-    the store cannot be reached."""
+    warning in `tracker.warnings`, and never blocks the others. An entry another process
+    delivered meanwhile is skipped. Without `refresh`, entries that bring a run up to date
+    from git stay for a later flush (a worker thread does not read git while the command's
+    own thread writes it). Raises TrackingError when the store cannot be reached."""
     delivered = 0
+    fresh: set[str] = set()  # runs brought up to date from git in this pass
     for path in pending(project):
         try:
             write = RunWrite.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            continue
         except (OSError, ValueError, TypeError) as exc:
-            path.rename(path.with_suffix(".bad"))  # kept for inspection, never retried
+            _set_aside(path)  # kept for inspection, never retried
             tracker.warnings.append(
                 f"outbox entry {path.name} is unreadable ({exc}): set aside as"
                 f" {path.with_suffix('.bad').name}"
             )
             continue
+        if write.refresh and not refresh:
+            continue
         try:
-            tracker.write(write)
+            if write.refresh:
+                if write.run not in fresh:
+                    fresh.add(write.run)
+                    current_write = refreshed(project, tracker, write.run)
+                    if current_write is not None:
+                        tracker.write(current_write)
+            else:
+                tracker.write(write)
         except (Undeliverable, ValueError, TypeError, KeyError) as exc:
-            path.rename(path.with_suffix(".bad"))
+            _set_aside(path)
             tracker.warnings.append(
                 f"{exc}: outbox entry {path.name} set aside as {path.with_suffix('.bad').name}"
                 " (git has it all)"
             )
             continue
-        path.unlink()
+        path.unlink(missing_ok=True)
         delivered += 1
     return delivered
+
+
+def _set_aside(path: Any) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.rename(path.with_suffix(".bad"))
 
 
 class Held:
@@ -356,10 +450,11 @@ class Held:
         self.held = []
         self.mirror.send(write)
 
-    def close(self, failed: bool) -> None:
-        """Deliver what is held, unless the command failed before its first checkpoint."""
+    def close(self, failed: bool, wait: bool = True) -> bool:
+        """Deliver what is held, unless the command failed before its first checkpoint;
+        without `wait`, what is not delivered yet goes to the outbox (True if any did)."""
         if not (failed and self.guard is not None and self.guard.active):
             for held in self.held:
                 self.mirror.send(held)
         self.held = []
-        self.mirror.close()
+        return self.mirror.close(wait)

@@ -28,6 +28,7 @@ from mlfork.models import Commit, RunResult
 from mlfork.ops.kernel import lineage, workspace
 from mlfork.ops.kernel.guard import Guard
 from mlfork.ops.kernel.project import Project, ProjectLock
+from mlfork.ops.mirroring import background
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.replaying import capture
 from mlfork.ops.running import params
@@ -72,14 +73,17 @@ def advance(
     argv: Sequence[str] = (),
     pythonhashseed: str | None = None,
     retry: str | None = None,
+    wait: bool | None = None,
 ) -> RunResult:
     """Run stages of `name` (checked out) until `target` iterations are complete.
     `pythonhashseed` (a replay re-applying a manifest's seed bundle) overrides the
     PYTHONHASHSEED derived from the config's seed. `guard` is released at the first
-    checkpoint; until then a failure's message says to run `retry` again, not resume."""
+    checkpoint; until then a failure's message says to run `retry` again, not resume.
+    `wait`: deliver the last tracking writes before returning (default: MLFORK_WAIT, else
+    in the background)."""
     engine = _Engine(project, name, lock=lock, guard=guard, progress=progress, echo=echo,
                      run_cache=run_cache, force=force, signature=signature, argv=argv,
-                     pythonhashseed=pythonhashseed, retry=retry)
+                     pythonhashseed=pythonhashseed, retry=retry, wait=wait)
     engine.load(target, timeout, stage_timeout)
     return engine.run(target)
 
@@ -104,11 +108,13 @@ class _Engine:
         argv: Sequence[str],
         pythonhashseed: str | None,
         retry: str | None,
+        wait: bool | None = None,
     ) -> None:
         self.project, self.name, self.lock, self.guard = project, name, lock, guard
         self.progress, self.echo, self.run_cache, self.force = progress, echo, run_cache, force
         self.signature, self.argv, self.pythonhashseed = signature, argv, pythonhashseed
         self.retry = retry
+        self.wait = background.waits(wait)
         self.env = _stage_env(name)
         self.params_sent = False
 
@@ -167,11 +173,13 @@ class _Engine:
         it, si = pos.next(self.stages)
         result.done = pos.done(self.stages)
         self.deadline = time.monotonic() + float(self.timeout) if self.timeout else None
-        # everything git has so far: a killed process may have lost writes it had queued
-        first = track.full_write(project, name)
-        first.params = {}  # the tip's params.yaml may predate this run's config: sent below
-        first.status, first.end_time = ("RUNNING" if it < target else None), None
-        self.mirror.send(first)
+        # the run's tags and status; what git has beyond the store's watermark (writes a
+        # killed process lost) is brought up to date at the end, from git
+        self.mirror.send(track.RunWrite(
+            run=name, experiment=self.experiment, start_time=track.iso_to_ms(rec.created),
+            tags=track.run_tags(project, rec, state.rev),
+            status="RUNNING" if it < target else None,
+        ))
         failed = True
         try:
             while it < target:
@@ -186,14 +194,32 @@ class _Engine:
                 result.done = it + 1
                 it, si = it + 1, 0
             failed = False
+            self.finish(result)  # its state is what the last tracking write says
         except KeyboardInterrupt:
             project.write_state(name, "interrupted")
             self.send_status("KILLED")
             raise Interrupted(name, self.hint()) from None
         finally:
-            self.mirror.close(failed)
+            self.close_mirror(failed)
             result.warnings.extend(self.mirror.warnings)
-        return self.finish(result)
+        return result
+
+    def close_mirror(self, failed: bool) -> None:
+        """The run's last tracking writes, and a write that brings the run up to date from
+        git: delivered now with `wait`, else by the background `mlfork sync`. A command
+        that failed before its first checkpoint leaves the store as it was."""
+        mirror = self.mirror
+        mirror.close(failed, wait=self.wait)
+        if failed and self.guard is not None and self.guard.active:
+            return
+        self.lock.run = ""  # the run is over: its status is its state, not "running"
+        self.lock.update()
+        if self.wait:
+            mirror.mirror.background = False
+            mirror.mirror.send(track.refresh(self.name))
+            return
+        track.park(self.project, track.refresh(self.name))
+        background.start(self.project)
 
     def prologue(self) -> None:
         """Before the first stage of an iteration: the commits the user made since the last

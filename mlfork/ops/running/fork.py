@@ -23,6 +23,7 @@ from mlfork.ops.kernel.project import (
     Project,
     ProjectLock,
 )
+from mlfork.ops.mirroring import background
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.running import params
 from mlfork.ops.running.common import (
@@ -62,6 +63,9 @@ class ForkResult:
     switched: bool
     commit: str
     run: RunResult | None = None
+    # where its MLflow run stands: "delivered" (--wait), "background" (the background
+    # `mlfork sync` delivers it), "queued" (the store is down: the next sync delivers it)
+    tracking: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,12 +92,14 @@ def branch(
     progress: Progress = quiet,
     echo: bool = False,
     timings: dict[str, float] | None = None,
+    wait: bool | None = None,
 ) -> ForkResult:
     """Fork a run at a checkpoint into the new run `name` (see DESIGN.md section 5).
 
     Everything is checked before the first write; a failure before the fork is complete
     (its branch, its commit, the switch) leaves refs, HEAD, index and workspace as they
-    were. With `run`, the fork then continues like `mlfork resume`.
+    were. With `run`, the fork then continues like `mlfork resume`. Its MLflow run is
+    written by a background `mlfork sync` unless `wait` (default: MLFORK_WAIT).
 
     `timings`, if given, receives the seconds of the git, DVC and config work up to the
     MLflow write (`git_dvc`: validation, the branch and its commit, the switch) and of the
@@ -110,7 +116,8 @@ def branch(
                 switch=switch, run=run, overrides=overrides, argv=argv, progress=progress,
             )
             return _write(project, lock, plan, started, switch=switch, run=run, argv=argv,
-                          progress=progress, echo=echo, timings=timings)
+                          progress=progress, echo=echo, timings=timings,
+                          wait=background.waits(wait))
     finally:
         project.close()
 
@@ -229,7 +236,7 @@ def _plan(
 def _write(
     project: Project, lock: ProjectLock, plan: _Plan, started: float, *, switch: bool,
     run: bool, argv: Sequence[str], progress: Progress, echo: bool,
-    timings: dict[str, float] | None,
+    timings: dict[str, float] | None, wait: bool,
 ) -> ForkResult:
     """The fork's commit and branch (created whole, or not at all: concurrent forks to one
     name race here and one wins), then the switch and the MLflow run; with `run`, its
@@ -252,7 +259,8 @@ def _write(
         faults.point("branch.object")
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         faults.point("branch.created")
-        _mirror(project, name, progress, timings, started)
+        result.tracking = _mirror(project, lock, name, progress, timings, started,
+                                  wait=wait, run=False)
         return result
 
     def note(message: str) -> None:
@@ -270,13 +278,14 @@ def _write(
         faults.point("branch.switched")
     lock.idle()
     result.switched = True
-    _mirror(project, name, progress, timings, started)
+    result.tracking = _mirror(project, lock, name, progress, timings, started,
+                              wait=wait, run=run)
     faults.point("branch.mirrored")
     if run:
         with guarded(project, lock) as guard:
             result.run = advance(
                 project, name, lock=lock, guard=guard, target=rec.iterations, progress=progress,
-                echo=echo, signature=sig, argv=argv,
+                echo=echo, signature=sig, argv=argv, wait=wait,
             )
     return result
 
@@ -296,21 +305,36 @@ def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
 
 def _mirror(
     project: Project,
+    lock: ProjectLock,
     name: str,
     progress: Progress,
-    timings: dict[str, float] | None = None,
-    started: float = 0.0,
-) -> None:
-    """The fork's MLflow run: lineage tags, note, params and the inherited metric points."""
+    timings: dict[str, float] | None,
+    started: float,
+    *,
+    wait: bool,
+    run: bool,
+) -> str:
+    """The fork's MLflow run (lineage tags, note, params and the inherited metric points):
+    written now with `wait`, else brought up to date from git by the background `mlfork
+    sync` (by the fork's own run at its end, with `run`). Where it stands (ForkResult)."""
     if timings is not None:
         timings["git_dvc"] = time.perf_counter() - started
         started = time.perf_counter()
-
-    mirror = track.Mirror(
-        project,
-        track.tracking_uri(project, lineage.tip(project, name), write=True),
-        on_warning=lambda message: progress(Event("warning", name, message=message)),
-    )
-    mirror.send(track.full_write(project, name))
+    if not run:
+        lock.run = ""  # the fork is made: its status is "stopped", not "running"
+        lock.update()
+    if wait:
+        mirror = track.Mirror(
+            project,
+            track.tracking_uri(project, lineage.tip(project, name), write=True),
+            on_warning=lambda message: progress(Event("warning", name, message=message)),
+        )
+        tracking = "delivered" if mirror.send(track.refresh(name)) else "queued"
+    else:
+        track.park(project, track.refresh(name))
+        if not run:  # with `run`, the run's end starts it
+            background.start(project)
+        tracking = "background"
     if timings is not None:
         timings["mlflow"] = time.perf_counter() - started
+    return tracking

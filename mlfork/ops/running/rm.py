@@ -14,6 +14,7 @@ from mlfork.adapters.tracking.writer import Tracker
 from mlfork.errors import TrackingError, UnknownRun, UsageError
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
+from mlfork.ops.mirroring import background
 from mlfork.ops.mirroring import mirror as track
 
 
@@ -23,7 +24,9 @@ class RmResult:
     branch: str
     tip: str
     forks: list[str] = field(default_factory=list)  # runs whose lineage goes through it
-    tracking: str = "deleted"  # "deleted", or "queued" (waits in the outbox for 'mlfork sync')
+    # "deleted" (--wait), "background" (the background `mlfork sync` marks it deleted),
+    # "queued" (the store is down: the next `mlfork sync` does)
+    tracking: str = "deleted"
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
@@ -50,9 +53,13 @@ def dependents(project: Project, name: str) -> list[str]:
     return sorted(out)
 
 
-def rm(path: str | os.PathLike[str] = ".", *, run: str, force: bool = False) -> RmResult:
+def rm(
+    path: str | os.PathLike[str] = ".", *, run: str, force: bool = False,
+    wait: bool | None = None,
+) -> RmResult:
     """Remove run `run` (its exact name or branch: never a prefix). Refused while it is
-    checked out, or while forks depend on it unless `force`."""
+    checked out, or while forks depend on it unless `force`. Its MLflow run is marked
+    deleted by a background `mlfork sync` unless `wait` (default: MLFORK_WAIT)."""
     project = Project.open(path, require_dvc=False)
     try:
         name = naming.run_from_ref(run) or run
@@ -73,7 +80,8 @@ def rm(path: str | os.PathLike[str] = ".", *, run: str, force: bool = False) -> 
                 )
             tip = lineage.tip(project, name)
             result = RmResult(run=name, branch=naming.branch_name(name), tip=tip, forks=forks)
-            remove(project, name, on_warning=result.warnings.append, result=result)
+            remove(project, name, on_warning=result.warnings.append, result=result,
+                   wait=background.waits(wait))
             return result
     finally:
         project.close()
@@ -84,6 +92,7 @@ def remove(
     name: str,
     on_warning: Callable[[str], None],
     result: RmResult | None = None,
+    wait: bool = True,
 ) -> None:
     """Delete a run's branch, local state and MLflow run (the last through the outbox, so
     an unreachable tracking store only delays it)."""
@@ -111,6 +120,11 @@ def remove(
     logs = project.root / naming.LOGS_DIR / name
     if logs.is_dir():
         shutil.rmtree(logs, ignore_errors=True)
+    if not wait:
+        background.start(project)
+        if result is not None:
+            result.tracking = "background"
+        return
     tracker = Tracker(uri)
     try:
         track.flush(project, tracker)

@@ -105,17 +105,20 @@ def start(
     argv: Sequence[str] = (),
     progress: Progress = quiet,
     echo: bool = False,
+    wait: bool | None = None,
 ) -> RunResult:
     """Create `mlfork/<name>` at HEAD, switch to it, commit the run record, run iterations.
     Everything is checked before the first write, under the project lock; a failure
-    before the first checkpoint leaves the repository and the workspace as they were."""
+    before the first checkpoint leaves the repository and the workspace as they were.
+    `wait`: deliver the last tracking writes before returning (default: MLFORK_WAIT, else
+    a background `mlfork sync` does)."""
     project = Project.open(path)
     try:
         with project.lock(name or "", "run") as lock:
             return _start(
                 project, lock, name=name, iterations=iterations, timeout=timeout,
                 stage_timeout=stage_timeout, tags=tags, overrides=overrides, argv=argv,
-                progress=progress, echo=echo,
+                progress=progress, echo=echo, wait=wait,
             )
     finally:
         project.close()
@@ -125,6 +128,7 @@ def _start(
     project: Project, lock: ProjectLock, *, name: str | None, iterations: int | None,
     timeout: float | None, stage_timeout: float | None, tags: Sequence[str],
     overrides: Sequence[str], argv: Sequence[str], progress: Progress, echo: bool,
+    wait: bool | None,
 ) -> RunResult:
     from mlfork.adapters import hydra
 
@@ -186,7 +190,7 @@ def _start(
         retry = shlex.join(argv) if argv else f"mlfork run --name {name}"
         result = advance(
             project, name, lock=lock, guard=guard, target=plan.budget, progress=progress,
-            echo=echo, argv=argv, signature=sig, retry=retry,
+            echo=echo, argv=argv, signature=sig, retry=retry, wait=wait,
         )
     return result
 
@@ -232,9 +236,11 @@ def resume(
     force: bool = False,
     argv: Sequence[str] = (),
     pythonhashseed: str | None = None,
+    wait: bool | None = None,
 ) -> RunResult:
     """Continue a run up to its budget (or `iterations` more), from its first uncommitted
-    stage. `force` runs every stage even when DVC finds it up to date (replay, verify)."""
+    stage. `force` runs every stage even when DVC finds it up to date (replay, verify).
+    `wait`: deliver the last tracking writes before returning (see `start`)."""
     project = Project.open(path)
     try:
         with project.lock(run or "", "resume") as lock:
@@ -244,6 +250,7 @@ def resume(
                 project, lock, name, iterations=iterations, timeout=timeout,
                 stage_timeout=stage_timeout, progress=progress, echo=echo,
                 run_cache=run_cache, force=force, argv=argv, pythonhashseed=pythonhashseed,
+                wait=wait,
             )
     finally:
         project.close()
@@ -253,6 +260,7 @@ def _resume(
     project: Project, lock: ProjectLock, name: str, *, iterations: int | None,
     timeout: float | None, stage_timeout: float | None, progress: Progress, echo: bool,
     run_cache: bool, force: bool, argv: Sequence[str], pythonhashseed: str | None,
+    wait: bool | None,
 ) -> RunResult:
     sig = project.git.signature()
     if iterations is not None and iterations < 1:
@@ -282,6 +290,6 @@ def _resume(
         result = advance(
             project, name, lock=lock, guard=guard, target=target, progress=progress,
             echo=echo, timeout=timeout, stage_timeout=stage_timeout, run_cache=run_cache,
-            force=force, signature=sig, argv=argv, pythonhashseed=pythonhashseed,
+            force=force, signature=sig, argv=argv, pythonhashseed=pythonhashseed, wait=wait,
         )
     return result
