@@ -17,13 +17,16 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mlfork.testing import BIN, copy_project, isolated_env, rmtree  # noqa: E402,F401
 
 
-def bench_env(tmp: Path) -> dict[str, str]:
-    """The environment of every subprocess: isolated from the caller's HOME and config."""
-    env = isolated_env(tmp / "home", name="mlfork bench", email="bench@mlfork.invalid")
+def bench_env(tmp: Path, wait: bool = True) -> dict[str, str]:
+    """The environment of every subprocess: isolated from the caller's HOME and config.
+    `wait=False`: tracking writes go to the background, as a user's commands do."""
+    env = isolated_env(tmp / "home", name="mlfork bench", email="bench@mlfork.invalid",
+                       wait=wait)
     env["LC_ALL"] = "C.UTF-8"
     return env
 
@@ -156,3 +159,40 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def verdict(ok: bool, text: str) -> str:
     return f"{'PASS' if ok else 'FAIL'}  {text}"
+
+
+def background_syncs(root: Path) -> list[Any]:
+    """The background `mlfork sync` processes working in `root`."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmd = proc.info.get("cmdline") or []
+        if "--background" in cmd and "sync" in cmd and proc.info.get("cwd") == str(root):
+            out.append(proc)
+    return out
+
+
+def settle(root: Path, timeout: float = 120.0) -> None:
+    """Wait until no background `mlfork sync` works in `root`."""
+    deadline = time.monotonic() + timeout
+    while background_syncs(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def visible(root: Path, run_name: str, since: float, timeout: float = 60.0) -> float:
+    """Seconds from `since` (time.monotonic) until the MLflow run of `run_name` carries its
+    complete write (polled through the MLflow client); inf if it never does."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/.mlfork/local/mlflow.db")
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        found = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`mlfork.run` = '{run_name}'",
+        )
+        if found and "mlfork.mirrored" in found[0].data.tags:
+            return time.monotonic() - since
+        time.sleep(0.05)
+    return float("inf")

@@ -37,7 +37,8 @@ INIT = ("init", "p")
 @dataclass(frozen=True)
 class Kill:
     point: str  # `<point>` or `<point>:<n>` (the n-th time it is reached)
-    start: str  # "empty", "project" (no run), "base" (a run `base`), "forked" (and fork f)
+    start: str  # "empty", "project" (no run), "base" (a run `base`), "forked" (and fork f),
+    # "behind" (base, with a tracking store that lacks it)
     argv: tuple[str, ...]
 
     @property
@@ -76,7 +77,7 @@ CASES = [
     Kill("branch.mirrored", "base", BRANCH),
     Kill("stage.committed", "base", BRANCH_RUN),
     Kill("sync.flushed", "base", SYNC),
-    Kill("sync.wrote", "base", SYNC),
+    Kill("sync.wrote", "behind", SYNC),
     Kill("sync.deleted", "base", REBUILD),
     Kill("sync.wrote", "base", REBUILD),
     Kill("replay.created", "base", REPLAY),
@@ -116,10 +117,12 @@ def test_kill_then_recover(case: Kill, request: pytest.FixtureRequest, tmp_path:
     if case.start == "empty":
         root, where = tmp_path, tmp_path
     else:
-        template = {"project": "template", "base": "base_template",
+        template = {"project": "template", "base": "base_template", "behind": "base_template",
                     "forked": "forked_template"}[case.start]
         root = copy_project(request.getfixturevalue(template), tmp_path / "proj")
         where = root
+        if case.start == "behind":  # a store that lacks the runs: sync has them to write
+            (root / ".mlfork" / "local" / "mlflow.db").unlink()
     killed = cli(where, *case.argv, env={"MLFORK_FAULT": case.point})
     assert killed.returncode == -9, (  # the point was reached
         f"{case.point} not reached: exit {killed.returncode}\n{killed.stderr}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,20 +158,24 @@ def _idempotent(override: str, data: Any) -> str | None:
 
 def parse_metrics(path: str, data: bytes) -> dict[str, float]:
     """A metrics file's numbers, flattened to `a.b -> float` (DVC's parser for the
-    file's suffix: JSON, YAML, TOML)."""
+    file's suffix: JSON, YAML, TOML). JSON, the common case, is read by `json` itself,
+    as DVC's parser does, without importing DVC's (a listing reads one file per run)."""
     import math
-
-    from dvc.repo.metrics.show import _extract_metrics
-    from dvc.utils.serialize import PARSERS
 
     suffix = os.path.splitext(path)[1].lower()
     try:
-        loaded = PARSERS[suffix](data.decode("utf-8"), path)
+        if suffix == ".json":
+            loaded = json.loads(data.decode("utf-8")) or {}
+        else:
+            from dvc.repo.metrics.show import _extract_metrics
+            from dvc.utils.serialize import PARSERS
+
+            loaded = _extract_metrics(PARSERS[suffix](data.decode("utf-8"), path), path)
     except Exception:  # a half-written or foreign file: no values
         return {}
     return {
         key: float(value)
-        for key, value in flatten(_extract_metrics(loaded, path)).items()
+        for key, value in flatten(loaded).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
         and math.isfinite(float(value))
     }

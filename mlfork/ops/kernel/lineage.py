@@ -151,6 +151,16 @@ def position(project: Project, rev: str) -> Position:
     return Position(None, None)
 
 
+def latest_checkpoint(project: Project, rev: str) -> Checkpoint | None:
+    """The newest checkpoint of the history of `rev`, read from its tip down to it: what
+    `checkpoints(...)[-1]` would say of the newest, without the rest of the history."""
+    for commit in walk(project, rev):
+        t = commit.trailers
+        if t is not None and t.iteration is not None and t.step is not None:
+            return Checkpoint(t.run, t.iteration, t.step, commit.id, commit.time, {})
+    return None
+
+
 def commits_since_checkpoint(project: Project, rev: str) -> list[Commit]:
     """The user's commits (no mlfork trailers) between the newest checkpoint or record
     commit and `rev`, oldest first: they belong to the next iteration."""

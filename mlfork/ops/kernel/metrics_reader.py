@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlfork import naming
 from mlfork.nested import load_yaml
+from mlfork.ops.kernel import memo
 
 if TYPE_CHECKING:
     from mlfork.ops.kernel.project import Project
@@ -42,7 +43,14 @@ class MetricsReader:
         """The metrics files DVC declares at `rev`, project-relative."""
         key = self._key(rev)
         if key not in self._files:
-            self._files[key] = self.project.dvc.metric_files(rev) if key[0] else []
+            if not key[0]:
+                self._files[key] = []
+            else:  # DVC's answer depends on the key alone: kept across commands
+                found = memo.get(self.project, "metric-files", key)
+                if not isinstance(found, list):
+                    found = self.project.dvc.metric_files(rev)
+                    memo.put(self.project, "metric-files", key, found)
+                self._files[key] = [str(p) for p in found]
         return self._files[key]
 
     def at(self, rev: str) -> dict[str, float]:

@@ -6,6 +6,7 @@ The project's root is its DVC root, which may be a subfolder of the git reposito
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
@@ -167,7 +168,42 @@ class Project:
         Overrides are applied idempotently: `rev` may hold a file they were applied to
         already. `iteration`/`iterations` are set when the main config has those keys
         (`budget` None keeps the config's). The `mlfork` policy section is not part of
-        params.yaml."""
+        params.yaml.
+
+        The answer depends on git content alone: it is kept across commands (`memo`)."""
+        from mlfork.ops.kernel import memo
+
+        parts = [rev, list(overrides), iteration, budget]
+        kept = memo.get(self, "compose", parts)
+        if isinstance(kept, dict):
+            try:
+                return self._composed_from(kept)
+            except (ValueError, TypeError, KeyError, yaml.YAMLError):
+                pass
+        out = self._compose(rev, overrides, iteration, budget)
+        if out.warnings:  # a resolver reads this machine at each composition: not kept
+            return out
+        memo.put(self, "compose", parts, {
+            "files": {rel: base64.b64encode(text).decode("ascii")
+                      for rel, text in out.files.items()},
+            "warnings": out.warnings,
+        })
+        return out
+
+    def _composed_from(self, kept: dict[str, Any]) -> Composed:
+        files = {str(rel): base64.b64decode(text) for rel, text in kept["files"].items()}
+        config = load_yaml(files[naming.PARAMS_FILE]) or {} \
+            if naming.PARAMS_FILE in files else {}
+        out = Composed(config=config, files=files, warnings=[str(w) for w in kept["warnings"]])
+        out.data[naming.PARAMS_FILE] = config
+        for rel, text in files.items():
+            if rel != naming.PARAMS_FILE:
+                out.data[rel] = _parse_params(rel, text)
+        return out
+
+    def _compose(
+        self, rev: str, overrides: list[str], iteration: int | None, budget: int | None
+    ) -> Composed:
         from mlfork.adapters import hydra
         from mlfork.adapters.dvc_files import apply_params_overrides
 

@@ -149,11 +149,10 @@ def _plan(
     src_tip = lineage.tip(project, src)
     src_rec = lineage.record(project, src, src_tip)
     stages = src_rec.stages
-    cps = lineage.checkpoints(project, src_tip)
-    pos = lineage.position(project, src_tip)
-    latest = next(
-        (c for c in cps if (c.iteration, c.step) == (pos.iteration, pos.step)), None
-    )
+    latest = lineage.latest_checkpoint(project, src_tip)
+    # the latest checkpoint is found at the tip; only a named one needs the history
+    cps = ([] if from_iteration is None and from_step is None
+           else lineage.checkpoints(project, src_tip))
     cp = pick_checkpoint(cps, stages, src, from_iteration, from_step, latest)
     if iterations is not None and iterations < 0:
         raise UsageError(f"--iterations must be 0 or more, got {iterations}")
@@ -181,9 +180,10 @@ def _plan(
     k = iterations if iterations is not None else k
     budget = completed + k if k is not None else src_rec.iterations
 
-    parent_cfg = project.compose(cp.commit, parent_rec.overrides, cp.iteration, budget)
     fork_cfg = project.compose(cp.commit, cumulative, cp.iteration, budget)
-    check_locked(parent_cfg, fork_cfg, policy.locked, own)
+    if own or list(cumulative) != list(parent_rec.overrides):  # else: the parent's config
+        parent_cfg = project.compose(cp.commit, parent_rec.overrides, cp.iteration, budget)
+        check_locked(parent_cfg, fork_cfg, policy.locked, own)
 
     name = name or next_free_name(project, f"{src}-fork")
     check_new_name(project, name)
@@ -192,8 +192,8 @@ def _plan(
     extra = handoff_files(policy)
     if switch:
         workspace.check(project, project.pipeline(), run=current, extra=extra)
-    required = _required_at(project, cp.commit, policy)
-    if switch and required and project.dvc.default_remote() is None:
+    required = _required_at(project, cp.commit, policy) if switch else []
+    if required and project.dvc.default_remote() is None:
         project.dvc.fetch(required, f"the fork point {cp.run}@{cp.iteration}/{cp.step}"
                           " needs it")  # raises MissingData: what to run
     all_tags = list(dict.fromkeys([*(parent_rec.tags if inherit_tags else []), *tags]))
@@ -220,8 +220,8 @@ def _plan(
     for message in manifest.drift_warnings(git.read(cp.commit, naming.REPLAY_MANIFEST)):
         progress(Event("warning", name, message=message))
     try:
-        pipeline_at = project.dvc.pipeline_at(cp.commit)
-        for text in params.untracked_overrides(pipeline_at, own):
+        pipeline_at = project.dvc.pipeline_at(cp.commit) if own else None
+        for text in params.untracked_overrides(pipeline_at, own) if pipeline_at else []:
             progress(Event("warning", name, message=(
                 f"no stage depends on the key of '{text}': DVC will rerun nothing for it"
                 " (dvc.yaml's params: name the keys each stage reads)"
