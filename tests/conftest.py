@@ -153,8 +153,6 @@ def snapshot(root: Path) -> dict[str, object]:
             continue
         if rel.parts[:2] == (".dvc", "tmp"):
             continue
-        if rel.parts[:3] == (".mlfork", "local", "memo"):  # a cache of pure answers
-            continue
         if path.is_file():
             files[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return {

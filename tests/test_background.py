@@ -249,3 +249,34 @@ def _end_ts(root: Path, run: str, iteration: int) -> int:
         if f"Mlfork-Iteration: {iteration}\n" in line + "\n" and "Mlfork-Step: evaluate" in line:
             return int(line.split()[0]) * 1000
     pytest.fail(f"no end of iteration {iteration}")
+
+
+def test_readers_say_when_the_store_lags_and_read_git(base_project: Path) -> None:
+    """While writes wait in the outbox, metrics/diff/report read git and say so on stderr;
+    `ui` says the UI may lag."""
+    root = base_project
+    lock = open(root / ".mlfork/local/sync.lock", "a+")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the background delivery cannot start
+    try:
+        forked = cli(root, "branch", "--from", "base", "--from-iteration", "1", "--name",
+                     "lag", "--no-switch", env=ASYNC)
+        assert forked.returncode == 0, forked.stderr
+        settle(root)
+        assert outbox(root)
+        shown = cli(root, "metrics", "lag", "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert "wait in the outbox" in shown.stderr and "read from git" in shown.stderr
+        from_git = cli(root, "metrics", "lag", "--source", "git", "--json")
+        assert json.loads(shown.stdout) == json.loads(from_git.stdout)
+        for argv in (("diff", "base", "lag"), ("report", "lag", "-o", "r.md")):
+            done = cli(root, *argv)
+            assert done.returncode == 0, done.stderr
+            assert "wait in the outbox" in done.stderr, argv
+        ui = cli(root, "ui", "--print-only")
+        assert ui.returncode == 0, ui.stderr
+        assert "may lag git" in ui.stderr
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    assert cli(root, "sync").returncode == 0
+    assert "outbox" not in cli(root, "metrics", "lag").stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlfork.cli._output import emit_json, table
+from mlfork.cli._output import emit_json, note, table
 
 
 @click.command("diff")
@@ -28,6 +28,8 @@ def command(a: str, b: str, as_json: bool, as_md: bool, source: str) -> None:
     if as_json and as_md:
         raise click.UsageError("--json and --md exclude each other")
     d = diff(a=a, b=b, source=source)  # type: ignore[arg-type]
+    if d.source_note:
+        note(f"mlfork: {d.source_note}")
     if as_json:
         emit_json(d.to_dict())
         return

@@ -10,13 +10,18 @@ from mlfork.cli._output import emit_json, table
 
 @click.command("log")
 @click.argument("run", required=False)
+@click.option("-n", "--max-count", "limit", type=click.IntRange(min=0), default=None,
+              metavar="N", help="Only the newest N checkpoints (only those are read).")
 @json_option
-def command(run: str | None, as_json: bool) -> None:
+def command(run: str | None, limit: int | None, as_json: bool) -> None:
     """List the checkpoints of RUN (default: the run checked out), oldest first: iteration,
-    step, commit, the run that owns it (an ancestor, for inherited ones) and the metrics."""
+    step, commit, the run that owns it (an ancestor, for inherited ones) and the metrics.
+
+    \b
+    Example: mlfork log base -n 6"""
     from mlfork.ops.kernel.lineage import log
 
-    cps = log(run=run)
+    cps = log(run=run, limit=limit)
     if as_json:
         emit_json([c.to_dict() for c in cps])
         return

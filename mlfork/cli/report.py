@@ -41,6 +41,8 @@ def command(fork: str | None, base: str | None, output: str, assets: str | None,
     if as_json:
         emit_json(result.to_dict())
         return
+    if result.source_note:
+        note(f"mlfork: {result.source_note}")
     click.echo(result.path)
     if result.image:
         click.echo(result.image)

@@ -30,6 +30,9 @@ def command(port: int | None, print_only: bool, as_json: bool) -> None:
         emit_json(p.to_dict())
     else:
         click.echo(p.url)
+    if p.waiting:
+        note(f"mlfork: {p.waiting} tracking write(s) are still on their way to the store (in"
+             " the background): the UI may lag git until they land ('mlfork sync' waits)")
     if not p.argv:
         note(f"the tracking store is a server: open {p.url}")
         return

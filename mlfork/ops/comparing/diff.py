@@ -98,6 +98,7 @@ class DiffResult:
     comparable: bool
     source: str = "tracking"
     metrics_logged: bool = True  # False: the project logs no metrics (NO_METRICS)
+    source_note: str = ""  # why git was read instead of the store (it lags), if it was
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and infinities (which JSON cannot hold) become None."""
@@ -206,6 +207,7 @@ def diff(
         comparable=all(c.same for c in locked),
         source=str(df.attrs.get("source", "")),
         metrics_logged=bool(df.attrs.get("logged", True)),
+        source_note=str(df.attrs.get("note") or "") if df.attrs.get("logged", True) else "",
     )
 
 

@@ -41,6 +41,7 @@ class ReportResult:
     comparable: bool
     forced: bool  # --base is not an ancestor of the fork: compared because of --force
     markdown: str
+    source_note: str = ""  # why git was read instead of the store (it lags), if it was
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -275,6 +276,7 @@ def report(
     return ReportResult(
         fork=fork, base=base, path=str(target), image=str(image) if image else None,
         metric=metric, comparable=d.comparable, forced=forced, markdown=text,
+        source_note=d.source_note,
     )
 
 

@@ -261,8 +261,10 @@ def metrics(
         return from_git(project, names, mode, metrics)
     chains = {name: chain_from_git(project, name) for name in names}
     try:
-        if source == "auto" and track.pending(project):
-            raise _Behind("tracking writes wait in the outbox")
+        waiting = track.pending(project) if source == "auto" else []
+        if waiting:
+            raise _Behind(f"{len(waiting)} tracking write(s) wait in the outbox (delivered in"
+                          " the background, or by 'mlfork sync')")
         df = _from_store(project, names, chains, mode, metrics, fast)
         if source == "auto":
             _check_current(project, names, df)

@@ -238,12 +238,38 @@ def runs(path: str | os.PathLike[str] = ".") -> list[RunInfo]:
         project.close()
 
 
-def log(path: str | os.PathLike[str] = ".", run: str | None = None) -> list[Checkpoint]:
+def recent_checkpoints(project: Project, rev: str, limit: int) -> list[Checkpoint]:
+    """The newest `limit` checkpoints of the history of `rev`, oldest first, with metrics:
+    what `checkpoints(..., with_metrics=True)[-limit:]` says, reading only those commits."""
+    rec = project.read_record(rev)
+    last_stage = rec.stages[-1] if rec is not None and rec.stages else None
+    found: dict[tuple[int, str], Checkpoint] = {}
+    for commit in walk(project, rev):  # newest first: the first claim of a key wins
+        t = commit.trailers
+        if t is None or t.iteration is None or t.step is None or (t.iteration, t.step) in found:
+            continue
+        found[(t.iteration, t.step)] = Checkpoint(t.run, t.iteration, t.step, commit.id,
+                                                  commit.time)
+        if len(found) >= limit:
+            break
+    oldest_first = list(found.values())[::-1]
+    cps = sorted(oldest_first, key=lambda c: (c.iteration, c.time))
+    for cp in cps:
+        if cp.step == last_stage:
+            cp.metrics.update(project.metrics.at(cp.commit))
+    return cps
+
+
+def log(
+    path: str | os.PathLike[str] = ".", run: str | None = None, *, limit: int | None = None
+) -> list[Checkpoint]:
     """A run's checkpoints with their metrics, oldest first (`mlfork log`); inherited ones
-    name the ancestor that owns them."""
+    name the ancestor that owns them. `limit`: only the newest so many (read alone)."""
     project = Project.open(path, require_dvc=False)
     try:
         name = resolve_run(project, run)
+        if limit is not None:
+            return recent_checkpoints(project, tip(project, name), limit) if limit > 0 else []
         return checkpoints(project, tip(project, name), with_metrics=True)
     finally:
         project.close()

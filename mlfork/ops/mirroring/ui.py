@@ -23,6 +23,7 @@ class UiPlan:
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     experiment: str = ""
+    waiting: int = 0  # tracking writes not delivered yet: the UI lags git by these
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -43,9 +44,11 @@ def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
     head = project.git.head_commit()
     uri = track.tracking_uri(project, head)
     experiment = track.experiment_name(project, head) if head else project.root.name
+    waiting = len(track.pending(project))
     if not uri.startswith("sqlite:///"):
         if uri.startswith(("http://", "https://")):
-            return UiPlan(url=redact_uri(uri), uri=redact_uri(uri), experiment=experiment)
+            return UiPlan(url=redact_uri(uri), uri=redact_uri(uri), experiment=experiment,
+                          waiting=waiting)
         raise UsageError(f"cannot serve tracking URI {redact_uri(uri)}: use a sqlite:/// store")
     track.tracking_uri(project, head, write=True)  # the server writes the store
     port = port or 5000
@@ -61,4 +64,4 @@ def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
     # the job runner is not needed to browse runs, and costs processes and memory
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return UiPlan(url=f"http://127.0.0.1:{port}", uri=redact_uri(uri), argv=argv, env=env,
-                  experiment=experiment)
+                  experiment=experiment, waiting=waiting)
