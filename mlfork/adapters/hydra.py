@@ -56,6 +56,8 @@ class ParsedOverride:
 def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
     """Parse with Hydra's own grammar (after DVC's `file:` prefix, if any); one bad
     override is an OverrideError naming it."""
+    if not overrides:  # nothing to parse: Hydra's import is not paid for
+        return []
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException

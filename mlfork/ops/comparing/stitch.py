@@ -26,6 +26,7 @@ from mlfork.ops.comparing.chain import (
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.mirroring import outbox
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,7 +262,7 @@ def metrics(
         return from_git(project, names, mode, metrics)
     chains = {name: chain_from_git(project, name) for name in names}
     try:
-        waiting = track.pending(project) if source == "auto" else []
+        waiting = outbox.pending(project) if source == "auto" else []
         if waiting:
             raise _Behind(f"{len(waiting)} tracking write(s) wait in the outbox (delivered in"
                           " the background, or by 'mlfork sync')")

@@ -25,10 +25,12 @@ from mlfork.adapters.tracking.writer import Tracker
 from mlfork.errors import ProjectLocked, TrackingError
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.mirroring import outbox
 
 WAIT_ENV = "MLFORK_WAIT"  # "1": every command delivers its tracking writes itself
 SYNC_WAIT = 60.0  # seconds a foreground `mlfork sync` waits for a background one
 MAX_ROUNDS = 100
+LOG_LIMIT = 1 << 20  # bytes of sync.log before it is rotated to sync.log.1
 
 
 def waits(wait: bool | None) -> bool:
@@ -68,11 +70,15 @@ def delivering(project: Project, timeout: float | None) -> Iterator[bool]:
 
 def start(project: Project) -> int | None:
     """Start the background delivery of the outbox, unless it is empty; its pid."""
-    if not track.pending(project):
+    if not outbox.pending(project):
         return None
     env = dict(os.environ)
     env.pop("MLFORK_FAULT", None)  # a fault injected into a command is the command's alone
-    log = open(project.local("sync.log"), "ab")  # noqa: SIM115 - handed to the child
+    path = project.local("sync.log")
+    with contextlib.suppress(OSError):  # the log keeps the last MiB or two, not everything
+        if path.stat().st_size > LOG_LIMIT:
+            os.replace(path, path.with_name(path.name + ".1"))
+    log = open(path, "ab")  # noqa: SIM115 - handed to the child
     try:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} started by pid {os.getpid()}\n"
                   .encode())
@@ -102,14 +108,14 @@ def deliver(project: Project) -> dict[str, Any]:
                 return done
             done["rounds"] += 1
             try:
-                done["delivered"] += track.flush(project, tracker)
+                done["delivered"] += outbox.flush(project, tracker)
             except TrackingError as exc:  # the store is down: the outbox waits for it
                 done["error"] = str(exc)
                 return done
             finally:
                 done["warnings"] += tracker.warnings
                 tracker.warnings.clear()
-        if not track.pending(project):
+        if not outbox.pending(project):
             return done
     return done
 

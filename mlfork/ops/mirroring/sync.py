@@ -18,7 +18,7 @@ from mlfork.adapters.tracking.store import (
 from mlfork.adapters.tracking.writer import Indexed, Tracker
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
-from mlfork.ops.mirroring import background
+from mlfork.ops.mirroring import background, outbox
 from mlfork.ops.mirroring import mirror as track
 
 
@@ -60,7 +60,7 @@ def sync(path: str | os.PathLike[str] = ".", rebuild: bool = False) -> SyncResul
                 os.replace(db, aside)
                 result.moved_aside = str(aside)
         tracker = Tracker(uri)
-        result.delivered = track.flush(project, tracker)
+        result.delivered = outbox.flush(project, tracker)
         faults.point("sync.flushed")
         order = _parents_first(project, names)
         experiments = {name: track.experiment_name(project, lineage.tip(project, name))

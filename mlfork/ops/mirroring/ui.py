@@ -12,6 +12,7 @@ from mlfork.adapters.tracking.store import redact_uri
 from mlfork.errors import UsageError
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.mirroring import outbox
 
 
 @dataclass
@@ -44,7 +45,7 @@ def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
     head = project.git.head_commit()
     uri = track.tracking_uri(project, head)
     experiment = track.experiment_name(project, head) if head else project.root.name
-    waiting = len(track.pending(project))
+    waiting = len(outbox.pending(project))
     if not uri.startswith("sqlite:///"):
         if uri.startswith(("http://", "https://")):
             return UiPlan(url=redact_uri(uri), uri=redact_uri(uri), experiment=experiment,

@@ -29,7 +29,7 @@ from mlfork.ops.kernel import lineage, workspace
 from mlfork.ops.kernel.guard import Guard
 from mlfork.ops.kernel.project import Project, ProjectLock
 from mlfork.ops.mirroring import background
-from mlfork.ops.mirroring import mirror as track
+from mlfork.ops.mirroring.run_mirror import RunMirror
 from mlfork.ops.replaying import capture
 from mlfork.ops.running import params
 from mlfork.ops.running.common import (
@@ -116,7 +116,6 @@ class _Engine:
         self.retry = retry
         self.wait = background.waits(wait)
         self.env = _stage_env(name)
-        self.params_sent = False
 
     # -- load ------------------------------------------------------------------------------
 
@@ -161,25 +160,16 @@ class _Engine:
 
     def run(self, target: int) -> RunResult:
         project, name, rec, state = self.project, self.name, self.rec, self.state
-        self.mirror = track.Held(track.Mirror(
-            project,
-            track.tracking_uri(project, state.rev, write=True),
+        self.mirror = RunMirror(
+            project, rec, state.rev, self.guard, self.wait,
             on_warning=lambda message: self.progress(Event("warning", name, message=message)),
-            background=True,
-        ), self.guard)
-        self.experiment = track.experiment_name(project, state.rev)
+        )
         result = RunResult(name=name, status="running", done=0, budget=rec.iterations)
         pos = lineage.position(project, state.rev)
         it, si = pos.next(self.stages)
         result.done = pos.done(self.stages)
         self.deadline = time.monotonic() + float(self.timeout) if self.timeout else None
-        # the run's tags and status; what git has beyond the store's watermark (writes a
-        # killed process lost) is brought up to date at the end, from git
-        self.mirror.send(track.RunWrite(
-            run=name, experiment=self.experiment, start_time=track.iso_to_ms(rec.created),
-            tags=track.run_tags(project, rec, state.rev),
-            status="RUNNING" if it < target else None,
-        ))
+        self.mirror.started(state.rev, running=it < target)
         failed = True
         try:
             while it < target:
@@ -200,26 +190,9 @@ class _Engine:
             self.send_status("KILLED")
             raise Interrupted(name, self.hint()) from None
         finally:
-            self.close_mirror(failed)
+            self.mirror.close(failed, self.lock)
             result.warnings.extend(self.mirror.warnings)
         return result
-
-    def close_mirror(self, failed: bool) -> None:
-        """The run's last tracking writes, and a write that brings the run up to date from
-        git: delivered now with `wait`, else by the background `mlfork sync`. A command
-        that failed before its first checkpoint leaves the store as it was."""
-        mirror = self.mirror
-        mirror.close(failed, wait=self.wait)
-        if failed and self.guard is not None and self.guard.active:
-            return
-        self.lock.run = ""  # the run is over: its status is its state, not "running"
-        self.lock.update()
-        if self.wait:
-            mirror.mirror.background = False
-            mirror.mirror.send(track.refresh(self.name))
-            return
-        track.park(self.project, track.refresh(self.name))
-        background.start(self.project)
 
     def prologue(self) -> None:
         """Before the first stage of an iteration: the commits the user made since the last
@@ -363,20 +336,10 @@ class _Engine:
 
     def end_iteration(self, target: int) -> None:
         """The iteration's metrics (and the run's params, once) to the tracking store."""
-        project, name, rec, state = self.project, self.name, self.rec, self.state
+        project, name, state = self.project, self.name, self.state
         it = state.it
         metrics = project.metrics.at(state.rev)
-        finished = it + 1 >= rec.iterations
-        stamp = project.git.commit(state.rev).time * 1000
-        self.mirror.send(track.RunWrite(
-            run=name, experiment=self.experiment, start_time=track.iso_to_ms(rec.created),
-            tags={naming.TAG_GIT_COMMIT: state.rev, naming.TAG_BUDGET: str(rec.iterations)},
-            params={} if self.params_sent else track.run_params(project, state.rev),
-            metrics=[[k, v, stamp, it] for k, v in sorted(metrics.items())],
-            status="FINISHED" if finished else None,
-            end_time=stamp if finished else None,
-        ))
-        self.params_sent = True
+        self.mirror.iteration(state.rev, it, metrics)
         faults.point("iteration.sent")
         self.progress(Event("iteration_end", name, iteration=it, budget=target,
                             metrics=metrics))
@@ -417,11 +380,7 @@ class _Engine:
                           retry) from None
 
     def send_status(self, status: str) -> None:
-        self.mirror.send(track.RunWrite(
-            run=self.rec.name, experiment=self.experiment,
-            start_time=track.iso_to_ms(self.rec.created), status=status,
-            end_time=int(time.time() * 1000),
-        ))
+        self.mirror.status(status)
 
 
 def _safe(stage: str) -> str:

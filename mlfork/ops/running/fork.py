@@ -23,7 +23,7 @@ from mlfork.ops.kernel.project import (
     Project,
     ProjectLock,
 )
-from mlfork.ops.mirroring import background
+from mlfork.ops.mirroring import background, outbox
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.running import params
 from mlfork.ops.running.common import (
@@ -324,14 +324,14 @@ def _mirror(
         lock.run = ""  # the fork is made: its status is "stopped", not "running"
         lock.update()
     if wait:
-        mirror = track.Mirror(
+        mirror = outbox.Mirror(
             project,
             track.tracking_uri(project, lineage.tip(project, name), write=True),
             on_warning=lambda message: progress(Event("warning", name, message=message)),
         )
-        tracking = "delivered" if mirror.send(track.refresh(name)) else "queued"
+        tracking = "delivered" if mirror.send(outbox.refresh(name)) else "queued"
     else:
-        track.park(project, track.refresh(name))
+        outbox.park(project, outbox.refresh(name))
         if not run:  # with `run`, the run's end starts it
             background.start(project)
         tracking = "background"

@@ -14,7 +14,7 @@ from mlfork.adapters.tracking.writer import Tracker
 from mlfork.errors import TrackingError, UnknownRun, UsageError
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
-from mlfork.ops.mirroring import background
+from mlfork.ops.mirroring import background, outbox
 from mlfork.ops.mirroring import mirror as track
 
 
@@ -102,12 +102,12 @@ def remove(
         return
     uri = track.tracking_uri(project, tip, write=True)
     experiment = track.experiment_name(project, tip)
-    for pending in track.pending(project):
-        if track.outbox_run(pending) == name:
+    for pending in outbox.pending(project):
+        if outbox.outbox_run(pending) == name:
             pending.unlink()
     # the MLflow deletion waits in the outbox before the branch goes: killed in between,
     # the next `mlfork sync` still delivers it
-    parked = track.park(project, track.RunWrite(run=name, experiment=experiment,
+    parked = outbox.park(project, track.RunWrite(run=name, experiment=experiment,
                                                 start_time=0, deleted=True))
     try:
         git.delete_branch(naming.branch_name(name), tip)
@@ -127,7 +127,7 @@ def remove(
         return
     tracker = Tracker(uri)
     try:
-        track.flush(project, tracker)
+        outbox.flush(project, tracker)
         delivered = True
     except TrackingError as exc:
         on_warning(f"{exc}; the MLflow run of '{name}' is marked deleted by the next"
