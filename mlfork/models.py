@@ -99,6 +99,7 @@ class Commit:
     time: int
     parents: tuple[str, ...]
     trailers: naming.Trailers | None
+    author: str = ""  # the author's name
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class RunInfo:
     tip: str
     checked_out: bool
     tags: tuple[str, ...] = ()
+    remote: str | None = None  # the git remote it is read from: it has no local branch
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -96,8 +96,14 @@ def test_init_adopts_without_changing_a_tracked_file(thirdparty: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "adopted" in result.stdout
     assert git(root, "status", "--porcelain", "--untracked-files=all") == ""
-    assert git(root, "rev-parse", "HEAD") == head
+    # one commit, adding one file: the team's MLflow experiment (the repository's name)
+    assert git(root, "rev-parse", "HEAD~1") == head
+    assert git(root, "diff", "--name-status", head, "HEAD") == "A\t.mlfork/config.yaml\n"
+    assert "experiment: " in (root / ".mlfork" / "config.yaml").read_text()
     assert git(root, "branch", "--list", "mlfork/*") == ""
+    again = cli(root, "init")  # adopting again commits nothing
+    assert again.returncode == 0, again.stderr
+    assert git(root, "rev-parse", "HEAD~1") == head
     assert (root / ".dvc" / "config").read_text() == config
     local = dvc(root, "config", "--local", "cache.type")
     assert local.returncode == 0, local.stderr

@@ -129,6 +129,16 @@ class GitRepo(GitReader):
                 raise GitError(f"branch '{branch}' moved while deleting it; left in place")
             txn.remove(ref)
 
+    def move_branch(self, branch: str, expected: str, target: str) -> None:
+        """Move a branch to `target` only if it still points at `expected`."""
+        ref = "refs/heads/" + branch
+        with self._repo.transaction() as txn:
+            txn.lock_ref(ref)
+            current = self._repo.references.get(ref)
+            if current is None or str(current.target) != expected:
+                raise GitError(f"branch '{branch}' moved while updating it; left in place")
+            txn.set_target(ref, target, message=f"mlfork: fast-forward to {target[:10]}")
+
     def set_head(self, branch: str) -> None:
         """Point HEAD at a branch without touching the index or the working tree."""
         with _writing("HEAD"):

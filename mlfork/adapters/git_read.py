@@ -36,6 +36,14 @@ class Status:
         return sorted(self.changed | self.untracked)
 
 @dataclass(frozen=True)
+class RemoteBranch:
+    remote: str
+    name: str  # the branch name after the prefix asked for
+    ref: str  # refs/remotes/<remote>/...
+    tip: str
+
+
+@dataclass(frozen=True)
 class HeadState:
     """Where HEAD is: on a branch (`branch` set), detached at `commit`, or unborn."""
 
@@ -98,6 +106,30 @@ class GitReader:
         """Local branch names that start with `prefix`, sorted."""
         return sorted(b for b in self._repo.branches.local if b.startswith(prefix))
 
+    def remote_branches(self, prefix: str = "") -> list[RemoteBranch]:
+        """Remote-tracking branches (`<remote>/<prefix>...`) whose branch name starts with
+        `prefix`, sorted by remote then name; `name` is the branch name after `prefix`."""
+        out = []
+        for remote in sorted(str(n) for n in self._repo.remotes.names() if n):
+            start = f"refs/remotes/{remote}/{prefix}"
+            for ref in self._repo.references:
+                if ref.startswith(start) and not ref.endswith("/HEAD"):
+                    target = self._repo.references[ref].resolve().target
+                    out.append(RemoteBranch(remote, ref[len(start):], ref, str(target)))
+        return sorted(out, key=lambda b: (b.remote, b.name))
+
+    def remote_url(self, remote: str) -> str | None:
+        try:
+            return str(self._repo.remotes[remote].url or "") or None
+        except (KeyError, ValueError):
+            return None
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """Is `ancestor` reachable from `descendant` (or the same commit)?"""
+        if ancestor == descendant:
+            return True
+        return bool(self._repo.descendant_of(descendant, ancestor))
+
     def commit(self, rev: str) -> Commit:
         obj = self._repo.get(rev)
         if obj is None or not isinstance(obj, pygit2.Commit):
@@ -111,6 +143,7 @@ class GitReader:
             time=c.commit_time,
             parents=tuple(str(p) for p in c.parent_ids),
             trailers=naming.parse_trailers(c.message),
+            author=c.author.name,
         )
 
     def first_parent_walk(self, start: str) -> Iterator[Commit]:
@@ -226,10 +259,14 @@ class GitReader:
         walk(obj, path.rstrip("/"))
         return sorted(out)
 
+    def find_suffix(self, rev: str, suffix: str) -> list[tuple[str, str]]:
+        """`find_files` for every file whose name ends with `suffix` (`.dvc`)."""
+        return self.find_files(rev, "*" + suffix)
+
     def find_files(self, rev: str, name: str) -> list[tuple[str, str]]:
-        """(project-relative path, blob id) of every file called `name` in the project at
-        `rev`, sorted by path. Folders are memoized by their tree id, so a walk of the next
-        commit only descends into what changed."""
+        """(project-relative path, blob id) of every file called `name` (`*suffix`: whose
+        name ends with it) in the project at `rev`, sorted by path. Folders are memoized by
+        their tree id, so a walk of the next commit only descends into what changed."""
         root = self._object_at(rev, "")
         if not isinstance(root, pygit2.Tree):
             return []
@@ -247,7 +284,8 @@ class GitReader:
                 sub = self._repo.get(entry.id)
                 if isinstance(sub, pygit2.Tree):
                     out += [(f"{entry.name}/{p}", b) for p, b in self._find_in(sub, name)]
-            elif entry.name == name:
+            elif entry.name == name or (name.startswith("*")
+                                        and str(entry.name).endswith(name[1:])):
                 out.append((str(entry.name), str(entry.id)))
         out.sort()
         self._found[key] = out

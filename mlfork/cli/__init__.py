@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "Print the commands that reproduce a run, or --launch and compare."),
     "verify": ("verify", "Fork a run without overrides, resume, check it reproduces the run."),
     "rm": ("rm", "Remove a run: its branch, local state and MLflow run."),
+    "push": ("push", "Share runs: their checkpoints' DVC objects, then their branches."),
+    "pull": ("pull", "Fetch a remote's runs; new ones become local, behind ones move up."),
 }
 
 

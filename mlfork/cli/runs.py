@@ -12,7 +12,9 @@ from mlfork.cli._output import emit_json, table
 @json_option
 def command(as_json: bool) -> None:
     """List every run: parent and fork point, status, iterations done/budget, and the
-    headline metric (`val_metric`) at the run's last checkpoint. `*` marks the run checked out.
+    headline metric (`val_metric`) at the run's last checkpoint. `*` marks the run checked out;
+    a run only a remote has (a teammate's, after `mlfork pull` or `git fetch`) shows as
+    `origin/NAME`.
     """
     from mlfork.ops.kernel.lineage import runs
 
@@ -25,8 +27,8 @@ def command(as_json: bool) -> None:
         fork = f"{i.parent.run}@{i.parent.iteration}/{i.parent.step}" if i.parent else "-"
         metric = f"{i.headline}={i.headline_value:.4f}" if i.headline_value is not None else "-"
         rows.append(
-            [("* " if i.checked_out else "  ") + i.name, fork, i.status, f"{i.done}/{i.budget}",
-             metric]
+            [("* " if i.checked_out else "  ") + (f"{i.remote}/" if i.remote else "") + i.name,
+             fork, i.status, f"{i.done}/{i.budget}", metric]
         )
     if not rows:
         click.echo("no runs yet: start one with 'mlfork run --name base'", err=True)

@@ -38,7 +38,9 @@ def command(as_json: bool) -> None:
             at = f"  (forked from '{node.missing_parent}', whose branch is gone)"
         head = f"{i.headline}={i.headline_value:.4f}" if i.headline_value is not None else "-"
         mark = "* " if i.checked_out else ""
-        lines.append((f"{prefix}{mark}{i.name}{at}", f"{i.status} {i.done}/{i.budget}  {head}"))
+        where = f"{i.remote}/" if i.remote else ""
+        lines.append((f"{prefix}{mark}{where}{i.name}{at}",
+                      f"{i.status} {i.done}/{i.budget}  {head}"))
         for k, child in enumerate(node.children):
             end = k == len(node.children) - 1
             walk(child, tail + ("└── " if end else "├── "), tail + ("    " if end else "│   "))

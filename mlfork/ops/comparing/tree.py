@@ -69,7 +69,7 @@ def tree(path: str | os.PathLike[str] = ".") -> list[TreeNode]:
     fork iteration, then name."""
     project = Project.open(path, require_dvc=False)
     nodes: dict[str, TreeNode] = {}
-    for name in lineage.run_names(project):
+    for name in lineage.visible_runs(project):
         info = lineage.run_info(project, name)
         until = None
         if info.parent is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ def _create(src: Path, target: Path) -> InitResult:
         else:
             shutil.copy2(src / name, target / name)
     (target / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    _name_experiment(target / naming.CONF_DIR / f"{naming.CONF_NAME}.yaml", target.name)
     DvcProject.init(target)
     faults.point("init.dvc")
     project = Project(git)
@@ -157,8 +159,8 @@ def adopt(root: Path) -> InitResult:
     from mlfork.ops.running import params
 
     project = Project.open(root)
-    actions = []
-    notes = []
+    actions: list[str] = []
+    notes: list[str] = []
     dvc = project.dvc
     try:
         if dvc.configure_links(dvc.repo, level="local"):
@@ -178,6 +180,10 @@ def adopt(root: Path) -> InitResult:
         actions.append(f"config source: {mode}")
         if project.git.prefix:
             actions.append(f"project in folder '{project.git.prefix}' of its git repository")
+        if head is not None:
+            committed = _commit_experiment(project, head, notes)
+            if committed:
+                actions.append(committed)
         if not pipeline.stages:
             notes.append("dvc.yaml has no stages yet: add the pipeline's stages before"
                          " 'mlfork run'")
@@ -188,3 +194,48 @@ def adopt(root: Path) -> InitResult:
     finally:
         project.close()
     return InitResult(root=str(root), mode="adopted", actions=actions, notes=notes)
+
+
+def repository_name(project: Project) -> str:
+    """The name a team knows the repository by: its origin's (`.../team.git` -> `team`),
+    else the folder it is checked out in."""
+    url = project.git.remote_url("origin")
+    if url:
+        tail = url.rstrip("/").replace(":", "/").rsplit("/", 1)[-1]
+        name = tail[:-4] if tail.endswith(".git") else tail
+        if name:
+            return name
+    return project.git.workdir.name
+
+
+def _name_experiment(config: Path, name: str) -> None:
+    """The example's policy names its MLflow experiment after the new project's folder."""
+    text = config.read_text(encoding="utf-8")
+    if "\nmlfork:\n" in "\n" + text and "  experiment:" not in text:
+        text = text.replace("mlfork:\n", f"mlfork:\n  experiment: {json.dumps(name)}\n", 1)
+        config.write_text(text, encoding="utf-8")
+
+
+def _commit_experiment(project: Project, head: str, notes: list[str]) -> str | None:
+    """Commit the team's MLflow experiment in `.mlfork/config.yaml` when the project's
+    policy names none, so that every clone, folder and worktree writes to the same one.
+    Only that file is committed (on the branch checked out); None when nothing was done."""
+    if project.policy(head).experiment:
+        return None
+    path = project.root / naming.POLICY_FILE
+    branch = project.git.head_branch()
+    if path.exists() or branch is None:
+        notes.append(f"name the team's MLflow experiment in the policy ('experiment: NAME'"
+                     f" in {naming.POLICY_FILE}, committed) so that every clone uses it")
+        return None
+    name = repository_name(project)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# mlfork's policy for this project (committed: every clone uses it)\n"
+                    f"experiment: {json.dumps(name)}\n", encoding="utf-8")
+    try:
+        project.git.commit_paths(branch, [naming.POLICY_FILE],
+                                 "mlfork init: the team's MLflow experiment\n", parent=head)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return f"MLflow experiment '{name}' committed in {naming.POLICY_FILE}"

@@ -10,10 +10,12 @@ part of the run and belongs to the iteration after the last checkpoint before it
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mlfork import naming
+from mlfork.adapters.git_read import RemoteBranch
 from mlfork.errors import AmbiguousRun, MalformedFile, NotFound, UnknownRun
 from mlfork.models import Checkpoint, Commit, RunInfo, RunRecord
 from mlfork.ops.kernel.project import Project
@@ -54,15 +56,57 @@ def run_names(project: Project) -> list[str]:
     return names
 
 
+_REMOTE: weakref.WeakKeyDictionary[Project, dict[str, list[RemoteBranch]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def remote_runs(project: Project) -> dict[str, list[RemoteBranch]]:
+    """Runs on remote-tracking branches (`<remote>/mlfork/<name>` whose tip carries a run
+    record: a teammate's, after `git fetch` or `mlfork pull`), by name; read once per
+    command."""
+    if project not in _REMOTE:
+        found: dict[str, list[RemoteBranch]] = {}
+        for rb in project.git.remote_branches(naming.BRANCH_PREFIX):
+            name = naming.run_from_ref(naming.BRANCH_PREFIX + rb.name)
+            if name and project.git.has_path(rb.tip, naming.RUN_RECORD):
+                found.setdefault(name, []).append(rb)
+        _REMOTE[project] = found
+    return _REMOTE[project]
+
+
+def visible_runs(project: Project) -> list[str]:
+    """The local runs and those only a remote has, by name."""
+    return sorted(set(run_names(project)) | set(remote_runs(project)))
+
+
+def remote_of(project: Project, run: str) -> str | None:
+    """The remote a run is read from when it has no local branch; None for a local run."""
+    if project.git.resolve_branch(naming.branch_name(run)) is not None:
+        return None
+    found = remote_runs(project).get(run)
+    return found[0].remote if found else None
+
+
+def _without_remote(project: Project, ref: str) -> str | None:
+    """`origin/mlfork/base`, `refs/remotes/origin/mlfork/base` or `origin/base` -> `base`."""
+    for remote in {rb.remote for found in remote_runs(project).values() for rb in found}:
+        for prefix in (f"refs/remotes/{remote}/{naming.BRANCH_PREFIX}",
+                       f"{remote}/{naming.BRANCH_PREFIX}", f"{remote}/"):
+            if ref.startswith(prefix) and naming.is_valid_run_name(ref[len(prefix):]):
+                return ref[len(prefix):]
+    return None
+
+
 def current_run(project: Project) -> str | None:
     branch = project.git.head_branch()
     return naming.run_from_ref(branch) if branch else None
 
 
 def resolve_run(project: Project, ref: str | None) -> str:
-    """A run name, its branch (`mlfork/x`, `refs/heads/mlfork/x`) or a unique prefix;
-    None means the run checked out."""
-    names = run_names(project)
+    """A run name, its branch (`mlfork/x`, `refs/heads/mlfork/x`, a remote's
+    `origin/mlfork/x`) or a unique prefix; None means the run checked out. A run only a
+    remote has resolves to it (a local branch wins over a remote one)."""
+    names = visible_runs(project)
     if ref is None:
         name = current_run(project)
         if name is None:
@@ -70,7 +114,7 @@ def resolve_run(project: Project, ref: str | None) -> str:
                 raise UnknownRun("(none checked out)", names)
             raise NotFound("no run is checked out and none exists: start one with 'mlfork run'")
         return name
-    name = naming.run_from_ref(ref) or ref
+    name = naming.run_from_ref(ref) or _without_remote(project, ref) or ref
     if name in names:
         return name
     candidates = [n for n in names if n.startswith(name)]
@@ -82,10 +126,18 @@ def resolve_run(project: Project, ref: str | None) -> str:
 
 
 def tip(project: Project, run: str) -> str:
+    """The run's tip: its local branch, else the one remote branch that has it."""
     commit = project.git.resolve_branch(naming.branch_name(run))
-    if commit is None:
-        raise UnknownRun(run, run_names(project))
-    return commit
+    if commit is not None:
+        return commit
+    found = remote_runs(project).get(run, [])
+    if len({rb.tip for rb in found}) == 1:
+        return found[0].tip
+    if found:
+        where = ", ".join(f"{rb.remote}/{naming.branch_name(run)}" for rb in found)
+        raise NotFound(f"run '{run}' is on several remotes at different commits ({where}):"
+                       f" make one of them local with 'mlfork pull --remote R {run}'")
+    raise UnknownRun(run, visible_runs(project))
 
 
 def record(project: Project, run: str, rev: str | None = None) -> RunRecord:
@@ -204,6 +256,7 @@ def run_info(project: Project, run: str) -> RunInfo:
         tip=rev,
         checked_out=current_run(project) == run,
         tags=tuple(rec.tags),
+        remote=remote_of(project, run),
     )
 
 
@@ -233,7 +286,7 @@ def runs(path: str | os.PathLike[str] = ".") -> list[RunInfo]:
     """Every run of the project (`mlfork runs`), by name."""
     project = Project.open(path, require_dvc=False)
     try:
-        return [run_info(project, name) for name in run_names(project)]
+        return [run_info(project, name) for name in visible_runs(project)]
     finally:
         project.close()
 

@@ -146,16 +146,24 @@ class Project:
         return self.git.subdirs(rev, naming.CONF_DIR)
 
     def policy(self, rev: str) -> Policy:
-        """The fork policy: the `mlfork:` section of conf/config.yaml; in a project without
-        conf/, `.mlfork/config.yaml` (or the `mlfork:` section of params.yaml)."""
+        """The fork policy: the `mlfork:` section of conf/config.yaml (in a project without
+        conf/, of params.yaml), with the keys of `.mlfork/config.yaml` over it (where
+        `mlfork init` commits the team's experiment when it adopts a project)."""
         if self.has_conf(rev):
+            source = f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml"
             section = self.raw_root_config(rev).get("mlfork")
-            return Policy.from_config(section, f"{naming.CONF_DIR}/{naming.CONF_NAME}.yaml")
+        else:
+            source = naming.PARAMS_FILE
+            section = (self._read_yaml(rev, naming.PARAMS_FILE) or {}).get("mlfork")
         own = self._read_yaml(rev, naming.POLICY_FILE)
         if own is not None:
-            return Policy.from_config(own.get("mlfork", own), naming.POLICY_FILE)
-        section = (self._read_yaml(rev, naming.PARAMS_FILE) or {}).get("mlfork")
-        return Policy.from_config(section, naming.PARAMS_FILE)
+            own = own.get("mlfork", own)
+            if not isinstance(own, dict):
+                raise MalformedFile(naming.POLICY_FILE, "the 'mlfork' section must be a mapping")
+            if own:
+                base = section if isinstance(section, dict) else {}
+                return Policy.from_config({**base, **own}, naming.POLICY_FILE)
+        return Policy.from_config(section, source)
 
     def compose(
         self, rev: str, overrides: list[str], iteration: int | None, budget: int | None

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from mlfork import naming
-from mlfork.adapters.tracking.store import default_uri
+from mlfork.adapters.tracking.store import default_uri, redact_uri
 from mlfork.adapters.tracking.writer import RunWrite
 from mlfork.models import Checkpoint, RunRecord
 from mlfork.nested import flatten
@@ -201,10 +201,30 @@ def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:
         naming.TAG_RUN_NAME: rec.name,
         naming.TAG_OVERRIDES: json.dumps(rec.overrides),
         naming.TAG_BUDGET: str(rec.iterations),
+        # who ran it (the author of its newest commit) and where it comes from
+        naming.TAG_USER: project.git.commit(rev).author,
+        naming.TAG_SOURCE_TYPE: "PROJECT",
+        naming.TAG_SOURCE_NAME: _source(project),
     }
+    url = _origin_url(project)
+    if url:
+        tags[naming.TAG_GIT_REPO_URL] = url
     tags.update(lineage_tags(project, rec))
     tags.update(user_tags(rec.tags))
     return tags
+
+
+def _origin_url(project: Project) -> str | None:
+    """The URL of the repository's `origin` remote, credentials removed; None without one."""
+    url = project.git.remote_url("origin")
+    return redact_uri(url) if url else None
+
+
+def _source(project: Project) -> str:
+    """The run's source in MLflow's words: the shared repository where there is one (the
+    same for every clone), else this checkout; the project's folder in it appended."""
+    base = _origin_url(project) or str(project.git.workdir)
+    return f"{base}#{project.git.prefix}" if project.git.prefix else base
 
 
 def param_text(value: Any) -> str:

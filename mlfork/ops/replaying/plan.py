@@ -257,7 +257,7 @@ def plan_for(
 
 
 def free_replay_name(project: Project, run: str) -> str:
-    taken = set(lineage.run_names(project))
+    taken = set(lineage.visible_runs(project))
     k = 1
     while naming.replay_run_name(run, k) in taken:
         k += 1

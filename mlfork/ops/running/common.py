@@ -42,7 +42,7 @@ def now_iso() -> str:
 
 
 def next_free_name(project: Project, stem: str = "run") -> str:
-    taken = set(lineage.run_names(project)) | {
+    taken = set(lineage.visible_runs(project)) | {
         naming.run_from_ref(b) for b in project.git.branches(naming.BRANCH_PREFIX)
     }
     k = 1
@@ -55,6 +55,8 @@ def check_new_name(project: Project, name: str) -> None:
     if not naming.is_valid_run_name(name):
         raise InvalidRunName(name)
     if project.git.resolve_branch(naming.branch_name(name)) is not None:
+        raise RunNameTaken(name)
+    if name in lineage.remote_runs(project):  # a teammate's: pushing would clash
         raise RunNameTaken(name)
 
 

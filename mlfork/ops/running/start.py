@@ -273,9 +273,12 @@ def _resume(
     workspace.check(project, project.pipeline(), run=current, extra=extra)
     workspace.settle(project, lock, run=current, extra=extra, note=noter(progress, name))
     with guarded(project, lock) as guard:
+        branch = naming.branch_name(name)
+        if project.git.resolve_branch(branch) is None:  # a teammate's run, not local yet
+            project.git.create_branch(branch, lineage.tip(project, name))
+            guard.created_branch(branch)
         if current != name:
-            workspace.switch(project, guard, lock, naming.branch_name(name),
-                             note=noter(progress, name))
+            workspace.switch(project, guard, lock, branch, note=noter(progress, name))
             lock.idle()
         rev = lineage.tip(project, name)
         rec = lineage.record(project, name, rev)
