@@ -98,7 +98,7 @@ def test_init_adopts_without_changing_a_tracked_file(thirdparty: Path) -> None:
     assert git(root, "status", "--porcelain", "--untracked-files=all") == ""
     # one commit, adding one file: the team's MLflow experiment (the repository's name)
     assert git(root, "rev-parse", "HEAD~1") == head
-    assert git(root, "diff", "--name-status", head, "HEAD") == "A\t.mlfork/config.yaml\n"
+    assert git(root, "diff", "--name-status", head.strip(), "HEAD") == "A\t.mlfork/config.yaml\n"
     assert "experiment: " in (root / ".mlfork" / "config.yaml").read_text()
     assert git(root, "branch", "--list", "mlfork/*") == ""
     again = cli(root, "init")  # adopting again commits nothing

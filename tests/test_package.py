@@ -107,7 +107,12 @@ def test_init_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     assert example_files(demo) == example_files(site / "mlfork" / "_example")
     for name in example_files(demo):
-        assert (demo / name).read_bytes() == (site / "mlfork" / "_example" / name).read_bytes()
+        made = (demo / name).read_bytes()
+        shipped = (site / "mlfork" / "_example" / name).read_bytes()
+        if name == "conf/config.yaml":  # the one change: the experiment named after the project
+            assert made == shipped.replace(b"mlfork:\n", b'mlfork:\n  experiment: "demo"\n', 1)
+        else:
+            assert made == shipped
     tracked = git(demo, "ls-files").split()
     assert {"conf/config.yaml", "dvc.yaml", "pipelines/train.py", "params.yaml"} <= set(tracked)
     assert git(demo, "status", "--porcelain") == ""

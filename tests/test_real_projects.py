@@ -249,7 +249,9 @@ def test_a_subfolder_project_is_adopted_and_works_from_any_folder_in_it(
     assert "project in folder 'ml'" in adopted.stderr
     ok(cli(root / "src", "run", "--name", "a", "--iterations", "1"))
     assert git(repo, "ls-tree", "--name-only", "mlfork/a", "ml/.mlfork/").split() == [
-        "ml/.mlfork/replay.json", "ml/.mlfork/run.yaml"]
+        "ml/.mlfork/config.yaml", "ml/.mlfork/replay.json", "ml/.mlfork/run.yaml"]
+    # the team's experiment, committed by init: the repository's name, not the folder's
+    assert "experiment: " in git(repo, "show", "mlfork/a:ml/.mlfork/config.yaml")
     assert json.loads(ok(cli(root / "data", "runs", "--json")).stdout)[0]["name"] == "a"
     manifest = json.loads(git(repo, "show", "mlfork/a:ml/.mlfork/replay.json"))
     assert "ml/" not in json.dumps(manifest["datasets"])  # paths relative to the DVC root

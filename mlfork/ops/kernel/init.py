@@ -86,7 +86,7 @@ def create(target: Path) -> InitResult:
     except OSError as exc:
         raise UsageError(f"cannot create a project in '{parent}': {exc.strerror or exc}") from exc
     try:
-        result = _create(src, build)
+        result = _create(src, build, target.name)
         os.rename(build, target)  # over an empty folder too: POSIX replaces it
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -104,7 +104,7 @@ def _remove_dead_builds(parent: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _create(src: Path, target: Path) -> InitResult:
+def _create(src: Path, target: Path, project_name: str) -> InitResult:
     from mlfork.adapters import hydra
     from mlfork.adapters.dvc import DvcProject
 
@@ -117,7 +117,7 @@ def _create(src: Path, target: Path) -> InitResult:
         else:
             shutil.copy2(src / name, target / name)
     (target / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
-    _name_experiment(target / naming.CONF_DIR / f"{naming.CONF_NAME}.yaml", target.name)
+    _name_experiment(target / naming.CONF_DIR / f"{naming.CONF_NAME}.yaml", project_name)
     DvcProject.init(target)
     faults.point("init.dvc")
     project = Project(git)

@@ -204,7 +204,7 @@ def run_tags(project: Project, rec: RunRecord, rev: str) -> dict[str, str]:
         # who ran it (the author of its newest commit) and where it comes from
         naming.TAG_USER: project.git.commit(rev).author,
         naming.TAG_SOURCE_TYPE: "PROJECT",
-        naming.TAG_SOURCE_NAME: _source(project),
+        naming.TAG_SOURCE_NAME: _source(project, rev),
     }
     url = _origin_url(project)
     if url:
@@ -220,11 +220,14 @@ def _origin_url(project: Project) -> str | None:
     return redact_uri(url) if url else None
 
 
-def _source(project: Project) -> str:
-    """The run's source in MLflow's words: the shared repository where there is one (the
-    same for every clone), else this checkout; the project's folder in it appended."""
-    base = _origin_url(project) or str(project.git.workdir)
-    return f"{base}#{project.git.prefix}" if project.git.prefix else base
+def _source(project: Project, rev: str) -> str:
+    """The run's source in MLflow's words: the shared repository where there is one (with
+    the project's folder in it), else the project's experiment name: the same for every
+    clone, and never a path of this machine (the store can be rebuilt from git anywhere)."""
+    url = _origin_url(project)
+    if url is None:
+        return experiment_name(project, rev)
+    return f"{url}#{project.git.prefix}" if project.git.prefix else url
 
 
 def param_text(value: Any) -> str:
