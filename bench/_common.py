@@ -9,6 +9,7 @@ folders, no MLflow tracking URI from the caller. Figures are printed, never asse
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -17,9 +18,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from mlfork.testing import BIN, copy_project, isolated_env, rmtree  # noqa: E402,F401
+from mlfork.testing import (  # noqa: E402,F401
+    BIN,
+    copy_project,
+    isolated_env,
+    rmtree,
+    settle,
+)
 
 
 def bench_env(tmp: Path, wait: bool = True) -> dict[str, str]:
@@ -161,25 +167,6 @@ def verdict(ok: bool, text: str) -> str:
     return f"{'PASS' if ok else 'FAIL'}  {text}"
 
 
-def background_syncs(root: Path) -> list[Any]:
-    """The background `mlfork sync` processes working in `root`."""
-    import psutil
-
-    out = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        cmd = proc.info.get("cmdline") or []
-        if "--background" in cmd and "sync" in cmd and proc.info.get("cwd") == str(root):
-            out.append(proc)
-    return out
-
-
-def settle(root: Path, timeout: float = 120.0) -> None:
-    """Wait until no background `mlfork sync` works in `root`."""
-    deadline = time.monotonic() + timeout
-    while background_syncs(root) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def visible(root: Path, run_name: str, since: float, timeout: float = 60.0) -> float:
     """Seconds from `since` (time.monotonic) until the MLflow run of `run_name` carries its
     complete write (polled through the MLflow client); inf if it never does."""
@@ -196,3 +183,23 @@ def visible(root: Path, run_name: str, since: float, timeout: float = 60.0) -> f
             return time.monotonic() - since
         time.sleep(0.05)
     return float("inf")
+
+
+def tiny_project(project: Path, files: dict[str, str], env: dict[str, str], store: Path,
+                 run_args: Sequence[str] = ("--name", "src", "--iterations", "2")) -> None:
+    """A small DVC project in `project` (git init, dvc init, `files`, one commit), adopted
+    by `mlfork init`, given a copy of the migrated MLflow store `store` (it saves the setup a
+    migration), and run once: `mlfork run RUN_ARGS --wait`."""
+    project.mkdir(parents=True)
+    run(["git", "init", "-q", "-b", "main"], cwd=project, env=env)
+    run(["dvc", "init", "-q"], cwd=project, env=env)
+    for rel, text in {**files, ".gitignore": "__pycache__/\n"}.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    run(["git", "add", "-A"], cwd=project, env=env)
+    run(["git", "commit", "-q", "-m", "a tiny DVC project"], cwd=project, env=env)
+    run(["mlfork", "init"], cwd=project, env=env)
+    from mlfork import naming
+
+    shutil.copy2(store, project / naming.TRACKING_DB)
+    run(["mlfork", "run", *run_args, "--wait"], cwd=project, env=env)

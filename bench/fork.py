@@ -36,7 +36,6 @@ about 3 times the largest size of free disk; everything is deleted at the end.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,13 +57,12 @@ from _common import (  # noqa: E402
     settle,
     table,
     timed,
+    tiny_project,
     verdict,
     visible,
     workdir,
 )
 from _history import synthesize  # noqa: E402
-
-from mlfork import naming  # noqa: E402
 
 LATENCY_TARGET = 0.3  # s, mlfork branch --no-switch, the whole CLI process
 HISTORY_RATIO_TARGET = 1.2  # latency at the longest history / at the shortest
@@ -139,22 +137,10 @@ def build(tmp: Path, size: int, histories: list[int], env: dict[str, str],
     runs `n<N>` of N iterations each written from it. `store` is an empty, migrated MLflow
     store: copied in, it saves the setup a migration."""
     project = tmp / f"project-{fmt_bytes(size).replace(' ', '')}"
-    project.mkdir()
     start = time.perf_counter()
-    run(["git", "init", "-q", "-b", "main"], cwd=project, env=env)
-    run(["dvc", "init", "-q"], cwd=project, env=env)
-    (project / "out").mkdir()
-    (project / "produce.py").write_text(PRODUCE)
-    (project / "score.py").write_text(SCORE)
-    (project / "dvc.yaml").write_text(DVC_YAML)
-    (project / "params.yaml").write_text(f"seed: 0\nsize: {size}\niteration: 0\niterations: 2\n")
-    (project / ".gitignore").write_text("__pycache__/\n")
-    run(["git", "add", "-A"], cwd=project, env=env)
-    run(["git", "commit", "-q", "-m", "a tiny DVC project"], cwd=project, env=env)
-    run(["mlfork", "init"], cwd=project, env=env)
-    shutil.copy2(store, project / naming.TRACKING_DB)
-    run(["mlfork", "run", "--name", "src", "--iterations", "2", "--wait"], cwd=project,
-        env=env)
+    tiny_project(project, {"produce.py": PRODUCE, "score.py": SCORE, "dvc.yaml": DVC_YAML,
+                           "params.yaml": f"seed: 0\nsize: {size}\niteration: 0\niterations: 2\n",
+                           "out/.keep": ""}, env, store)
     for n in histories:
         synthesize(project, "src", f"n{n}", n)
     run(["mlfork", "sync"], cwd=project, env=env)  # the store has every run, as a user's

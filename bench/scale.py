@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     settle,
     table,
     timed,
+    tiny_project,
     verdict,
     workdir,
 )
@@ -89,20 +90,9 @@ stages:
 def base(tmp: Path, env: dict[str, str], store: Path) -> Path:
     """A tiny DVC project with a real completed run `src` of 2 iterations."""
     project = tmp / "base" / "proj"
-    project.mkdir(parents=True)
-    run(["git", "init", "-q", "-b", "main"], cwd=project, env=env)
-    run(["dvc", "init", "-q"], cwd=project, env=env)
-    (project / "out").mkdir()
-    (project / "prepare.py").write_text(PREPARE)
-    (project / "score.py").write_text(SCORE)
-    (project / "dvc.yaml").write_text(DVC_YAML)
-    (project / "params.yaml").write_text("seed: 0\niteration: 0\niterations: 2\n")
-    (project / ".gitignore").write_text("__pycache__/\n")
-    run(["git", "add", "-A"], cwd=project, env=env)
-    run(["git", "commit", "-q", "-m", "a tiny DVC project"], cwd=project, env=env)
-    run(["mlfork", "init"], cwd=project, env=env)
-    shutil.copy2(store, project / naming.TRACKING_DB)
-    run(["mlfork", "run", "--name", "src", "--iterations", "2", "--wait"], cwd=project, env=env)
+    tiny_project(project, {"prepare.py": PREPARE, "score.py": SCORE, "dvc.yaml": DVC_YAML,
+                           "params.yaml": "seed: 0\niteration: 0\niterations: 2\n",
+                           "out/.keep": ""}, env, store)
     run(["git", "switch", "-q", "main"], cwd=project, env=env)
     return project
 

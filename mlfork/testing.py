@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import Mapping
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BIN = str(Path(sys.executable).parent)  # this interpreter's scripts: mlfork, dvc, mlflow
 DROPPED_PREFIXES = ("GIT_", "DVC_", "MLFLOW_")
@@ -100,3 +106,53 @@ def rmtree(path: Path) -> None:
             pass
 
     shutil.rmtree(path, onerror=retry)
+
+
+def background_syncs(root: Path) -> list[Any]:
+    """The background `mlfork sync` processes working in project `root`."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmd = proc.info.get("cmdline") or []
+        if "--background" in cmd and "sync" in cmd and proc.info.get("cwd") == str(root):
+            out.append(proc)
+    return out
+
+
+def settle(root: Path, timeout: float = 120.0) -> None:
+    """Wait until no background `mlfork sync` works in project `root`."""
+    deadline = time.monotonic() + timeout
+    while background_syncs(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@contextmanager
+def serving(argv: Sequence[str], url: str, log: Path, *, env: Mapping[str, str] | None = None,
+            cwd: Path | None = None, timeout: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server (`mlflow server`, `mlfork ui`) in its own process group until it answers
+    `url`/health, yield it, then stop the group (SIGTERM, SIGKILL after 30 s)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(env) if env else None)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{argv[0]} did not serve {url}: "
+                                         + log.read_text()[-2000:])
+                time.sleep(0.5)
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from conftest import cli, git
 from mlflow.tracking import MlflowClient
 
 import mlfork
+from mlfork.testing import background_syncs, settle
 
 ASYNC = {"MLFORK_WAIT": "0"}  # the default a user gets: the tests' environment waits
 
@@ -43,22 +43,6 @@ def poll(root: Path, name: str, what: Any, timeout: float = 30.0) -> Any:
                 return found
         time.sleep(0.2)
     return None
-
-
-def background_syncs(root: Path) -> list[psutil.Process]:
-    out = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        cmd = proc.info.get("cmdline") or []
-        if "--background" in cmd and "sync" in cmd and proc.info.get("cwd") == str(root):
-            out.append(proc)
-    return out
-
-
-def settle(root: Path, timeout: float = 60.0) -> None:
-    """Wait until no background sync works in `root` (so the test leaves none behind)."""
-    deadline = time.monotonic() + timeout
-    while background_syncs(root) and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def outbox(root: Path) -> list[Path]:

@@ -52,6 +52,17 @@ def commit(root: Path, message: str) -> None:
     git(root, "commit", "-q", "-m", message)
 
 
+def remote(url: str) -> Setup:
+    def setup(root: Path) -> None:
+        git(root, "remote", "add", "origin", url)
+    return setup
+
+
+def two_remotes(root: Path) -> None:
+    git(root, "remote", "add", "alice", "/nonexistent/a.git")
+    git(root, "remote", "add", "bob", "/nonexistent/b.git")
+
+
 def edit(rel: str, text: str = "\n# an edit\n") -> Setup:
     def setup(root: Path) -> None:
         path = root / rel
@@ -417,6 +428,16 @@ WITH_RUNS = [
     Case("resume-locked", ("resume",), 12, "another mlfork process", locked_by_another),
     Case("verify-locked", ("verify", "base", "--from-iteration", "0"), 12,
          "another mlfork process", locked_by_another),
+    Case("push-no-remote", ("push",), 2, "has no git remote"),
+    Case("push-bad-remote", ("push", "--remote", "nope"), 2, "no git remote 'nope'"),
+    Case("push-unknown-run", ("push", "nope"), 6, "unknown run 'nope'",
+         remote("/nonexistent/team.git")),
+    Case("push-unreachable", ("push", "base"), 18, "git push to 'origin' failed",
+         remote("/nonexistent/team.git")),
+    Case("push-two-remotes", ("push",), 2, "several git remotes", two_remotes),
+    Case("pull-no-remote", ("pull",), 2, "has no git remote"),
+    Case("pull-unreachable", ("pull",), 18, "git fetch from 'origin' failed",
+         remote("/nonexistent/team.git")),
     Case("sync-rebuild-bad-uri", ("sync", "--rebuild"), 10, "no scheme",
          env={"MLFLOW_TRACKING_URI": "htp:/x::y"}),
     Case("ui-bad-uri", ("ui",), 2, "cannot serve tracking URI",

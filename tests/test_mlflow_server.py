@@ -4,11 +4,7 @@ started by `mlfork ui` once for this module and stopped at its end, over the RES
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -18,6 +14,7 @@ import pytest
 from conftest import cli, copy_project
 
 import mlfork
+from mlfork import testing
 from mlfork.ops.mirroring.ui import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("mlflow-server")]
@@ -45,38 +42,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, base_template: Path) -> Any
     mlfork.branch(path=str(root), source="base", from_iteration=1, name="f1",
                   overrides=["model.lr=0.05"], run=True)
     port = free_port()
-    log = open(root.parent / "ui.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlfork", "ui", "--port", str(port)],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "mlfork ui did not serve: " + (root.parent / "ui.log").read_text()[-2000:]
-                )
-            time.sleep(0.5)
+    argv = [sys.executable, "-m", "mlfork", "ui", "--port", str(port)]
+    with testing.serving(argv, url, root.parent / "ui.log", cwd=root):
         result = cli(root, "branch", "--from", "f1", "--name", "f2", "--iterations", "1",
                      "model.alpha=0.001", "--run", env={"MLFLOW_TRACKING_URI": url})
         assert result.returncode == 0, result.stderr
         yield root, url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def _runs(url: str, experiment: str, filter_string: str = "") -> dict[str, dict[str, Any]]:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,39 +25,14 @@ pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("mlf
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("team-server")
-    port = free_port()
-    log = open(folder / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{folder}/team.db", "--default-artifact-root",
-         (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("mlflow server did not start: "
-                                     + (folder / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+            f"sqlite:///{folder}/team.db", "--default-artifact-root",
+            (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port",
+            url.rsplit(":", 1)[1], "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with testing.serving(argv, url, folder / "server.log", env=env):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def person(tmp: Path, name: str, url: str) -> dict[str, str]:
