@@ -64,11 +64,6 @@ def choose(workdir: Path, remote: str | None) -> str:
     raise UsageError(f"several git remotes ({', '.join(known)}): name one with --remote")
 
 
-def url(workdir: Path, remote: str) -> str | None:
-    proc = _git(workdir, "remote", "get-url", remote, what="read a remote's URL")
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
 def push(workdir: Path, remote: str, refspecs: list[str]) -> list[PushedRef]:
     """`git push --porcelain REMOTE REFSPEC...` (never forced): each ref's outcome. A
     rejected ref is reported, not raised; a remote that cannot be reached raises."""

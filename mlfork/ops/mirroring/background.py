@@ -120,25 +120,15 @@ def deliver(project: Project) -> dict[str, Any]:
     return done
 
 
-def foreground(project: Project) -> Any:
+@contextlib.contextmanager
+def foreground(project: Project) -> Iterator[None]:
     """Hold the delivery lock for a foreground sync, waiting for a background one."""
-    return _Foreground(project)
-
-
-class _Foreground:
-    def __init__(self, project: Project) -> None:
-        self.project = project
-        self.cm = delivering(project, SYNC_WAIT)
-
-    def __enter__(self) -> None:
-        if not self.cm.__enter__():
-            self.cm.__exit__(None, None, None)
+    with delivering(project, SYNC_WAIT) as held:
+        if not held:
             try:
-                pid = int((self.project.root / naming.SYNC_LOCK).read_text() or 0)
+                pid = int((project.root / naming.SYNC_LOCK).read_text() or 0)
             except (OSError, ValueError):
                 pid = 0
             raise ProjectLocked(pid, f"delivering tracking writes for {SYNC_WAIT:.0f} s,"
                                      f" log in {naming.SYNC_LOG}")
-
-    def __exit__(self, *exc: Any) -> None:
-        self.cm.__exit__(*exc)
+        yield

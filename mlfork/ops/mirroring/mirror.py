@@ -134,8 +134,7 @@ def full_write(project: Project, run: str, after: dict[str, Any] | None = None) 
     rec = lineage.record(project, run, rev)
     cps = lineage.checkpoints(project, rev)
     ends = lineage.end_of_iteration(cps, rec.stages)
-    status = mlflow_status(project, rec, lineage.position(project, rev).done(rec.stages),
-                           started=any(c.run == run for c in cps))
+    status = mlflow_status(project, rec, rev)
     since = _since(ends, after)
     points: list[list[Any]] = []
     for it, cp in sorted(ends.items()):
@@ -171,19 +170,13 @@ def current(project: Project, run: str) -> dict[str, Any]:
     found without reading its history: to tell an up-to-date run in the store at a glance."""
     rev = lineage.tip(project, run)
     rec = lineage.record(project, run, rev)
-    started = False
-    for commit in lineage.walk(project, rev):
-        t = commit.trailers
-        if t is not None and t.iteration is not None and t.step is not None:
-            started = t.run == run
-            break
+    return {"commit": rev, "status": mlflow_status(project, rec, rev)}
+
+
+def mlflow_status(project: Project, rec: RunRecord, rev: str) -> str:
+    """The run's MLflow status at its tip `rev`, as `mlfork runs` has it: a fork not run yet
+    is stopped (KILLED in MLflow's words), not SCHEDULED forever."""
     done = lineage.position(project, rev).done(rec.stages)
-    return {"commit": rev, "status": mlflow_status(project, rec, done, started)}
-
-
-def mlflow_status(project: Project, rec: RunRecord, done: int, started: bool) -> str:
-    """The run's MLflow status, as `mlfork runs` has it: a fork not run yet is stopped
-    (KILLED in MLflow's words), not SCHEDULED forever."""
     if done >= rec.iterations:
         return "FINISHED"
     state = lineage.run_status(project, rec.name, done, rec.iterations)

@@ -67,16 +67,16 @@ class Mirror:
         self._queue.put(write)
         return True
 
-    def close(self, wait: bool = True) -> bool:
+    def close(self, wait: bool = True) -> None:
         """Stop the worker: `wait` for its last write, or park what it has not delivered
-        (the write in flight too: writes are idempotent). True if anything was parked."""
+        (the write in flight too: writes are idempotent)."""
         if self._worker is None or self._queue is None:
-            return False
+            return
         if wait:
             self._queue.put(None)
             self._worker.join()
             self._worker = None
-            return False
+            return
         with self._lock:
             self._stopping = True
             unsent, self._unsent = self._unsent, []
@@ -84,7 +84,6 @@ class Mirror:
             park(self.project, write)
         self._queue.put(None)
         self._worker = None
-        return bool(unsent)
 
     def _drain(self, writes: queue.Queue[RunWrite | None]) -> None:
         while (write := writes.get()) is not None:
@@ -106,11 +105,10 @@ class Mirror:
             try:
                 # a write from git is computed in this thread only when it is the caller's
                 flush(self.project, self.tracker, refresh=not self.background)
-                if write.refresh:
-                    write = refreshed(self.project, self.tracker, write.run) or write
-                    if write.refresh:  # the run is gone: nothing to bring up to date
-                        return True
-                self.tracker.write(write)
+                wanted = (refreshed(self.project, self.tracker, write.run) if write.refresh
+                          else write)
+                if wanted is not None:  # None: the run is gone, nothing to bring up to date
+                    self.tracker.write(wanted)
                 return True
             except Undeliverable as exc:  # this write, not the store: set it aside
                 path = park(self.project, write, bad=True)
@@ -243,11 +241,11 @@ class Held:
         self.held = []
         self.mirror.send(write)
 
-    def close(self, failed: bool, wait: bool = True) -> bool:
+    def close(self, failed: bool, wait: bool = True) -> None:
         """Deliver what is held, unless the command failed before its first checkpoint;
-        without `wait`, what is not delivered yet goes to the outbox (True if any did)."""
+        without `wait`, what is not delivered yet goes to the outbox."""
         if not (failed and self.guard is not None and self.guard.active):
             for held in self.held:
                 self.mirror.send(held)
         self.held = []
-        return self.mirror.close(wait)
+        self.mirror.close(wait)
