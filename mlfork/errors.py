@@ -219,6 +219,18 @@ class ProjectLocked(MlforkError):
         )
 
 
+class RunBusy(ProjectLocked):
+    """The run's branch is checked out in another worktree (a sweep's job, `git worktree`)."""
+
+    def __init__(self, run: str, where: str) -> None:
+        MlforkError.__init__(
+            self,
+            f"run '{run}' is checked out in the worktree {where} (a job of 'mlfork sweep' or"
+            f" 'resume --jobs', or your own 'git worktree'): wait for it to finish, or work"
+            f" on it there",
+        )
+
+
 class DatasetMismatch(MlforkError):
     exit_code = 13
 
@@ -282,3 +294,15 @@ class Interrupted(MlforkError):
             super().__init__(
                 f"interrupted; everything committed is kept: run 'mlfork resume {run}' to go on"
             )
+
+
+class JobsFailed(MlforkError):
+    """Some jobs of `mlfork sweep` / `mlfork resume --jobs` failed; the others ran on."""
+
+    exit_code = 19
+
+    def __init__(self, failed: list[str], total: int) -> None:
+        super().__init__(
+            f"{len(failed)} of {total} job(s) failed ({', '.join(failed)}): each line above"
+            " names its log and the 'mlfork resume' that goes on from where it stopped"
+        )

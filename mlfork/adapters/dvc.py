@@ -232,6 +232,11 @@ class DvcProject:
             return False
         return all(self.cache_path(str(e.get("md5"))).exists() for e in listing)
 
+    @property
+    def cache_dir(self) -> str:
+        """The local cache's folder, as `cache.dir` names it (absolute)."""
+        return str(self.repo.cache.local_cache_dir)
+
     def default_remote(self) -> str | None:
         remote = self.repo.config.get("core", {}).get("remote")
         return str(remote) if remote else None

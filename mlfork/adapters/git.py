@@ -353,7 +353,7 @@ class GitRepo(GitReader):
     def add_exclude(self, patterns: Iterable[str]) -> list[str]:
         """Add `patterns` (project-relative, `/`-anchored) to `.git/info/exclude`, the
         machine-local ignore file; returns those that were new."""
-        path = self.git_dir / "info" / "exclude"
+        path = self.common_dir / "info" / "exclude"
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

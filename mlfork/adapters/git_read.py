@@ -64,7 +64,54 @@ class GitReader:
 
     @property
     def git_dir(self) -> Path:
+        """This worktree's git directory (`.git/worktrees/NAME/` in a linked worktree)."""
         return Path(self._repo.path)
+
+    @property
+    def common_dir(self) -> Path:
+        """The git directory every worktree shares (refs, objects, info/exclude)."""
+        pointer = self.git_dir / "commondir"
+        try:
+            return (self.git_dir / pointer.read_text(encoding="utf-8").strip()).resolve()
+        except OSError:
+            return self.git_dir.resolve()
+
+    @property
+    def main_workdir(self) -> Path:
+        """The main worktree's folder: this one's, unless this is a linked worktree
+        (`git worktree add`) of a repository whose git directory is `<main>/.git`."""
+        common = self.common_dir
+        if common == self.git_dir.resolve() or common.name != ".git":
+            return self.workdir
+        return common.parent.resolve()
+
+    def worktrees(self) -> dict[str, tuple[Path, Path]]:
+        """Branch -> (folder, git directory) of every linked worktree with a branch checked
+        out (whose folder still exists)."""
+        out: dict[str, tuple[Path, Path]] = {}
+        base = self.common_dir / "worktrees"
+        try:
+            entries = sorted(base.iterdir())
+        except OSError:
+            return out
+        for entry in entries:
+            try:
+                head = (entry / "HEAD").read_text(encoding="utf-8").strip()
+                folder = Path((entry / "gitdir").read_text(encoding="utf-8").strip()).parent
+            except OSError:
+                continue
+            if head.startswith("ref: refs/heads/") and folder.exists():
+                out[head.removeprefix("ref: refs/heads/")] = (folder.resolve(), entry)
+        return out
+        for entry in entries:
+            try:
+                head = (entry / "HEAD").read_text(encoding="utf-8").strip()
+                folder = Path((entry / "gitdir").read_text(encoding="utf-8").strip()).parent
+            except OSError:
+                continue
+            if head.startswith("ref: refs/heads/") and folder.exists():
+                out[head.removeprefix("ref: refs/heads/")] = folder
+        return out
 
     def _p(self, path: str) -> str:
         """A project-relative path as the repository names it."""

@@ -94,6 +94,50 @@ def parse_overrides(overrides: list[str]) -> list[ParsedOverride]:
     return parsed
 
 
+@dataclass(frozen=True)
+class Combination:
+    """One point of a sweep: its overrides (one value each) and the swept keys' values."""
+
+    overrides: list[str]
+    swept: list[tuple[str, str]]  # (key, value) of each swept override
+
+
+def expand_sweep(overrides: list[str]) -> list[Combination]:
+    """Hydra's multirun grammar (`k=a,b`, `k=range(1,4)`, `k=choice(a,b)`, a config group
+    `model=mlp,cnn`, a params file's `train.yaml:lr=1,2`): every combination, in Hydra's
+    order (the product of the sweeps, the last one varying fastest)."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    axes: list[list[tuple[str, tuple[str, str] | None]]] = []
+    for text in overrides:
+        file, body = naming.split_params_file(text)
+        try:
+            (ov,) = parser.parse_overrides([body])
+        except HydraException as exc:
+            raise OverrideError(text, _first_line(exc)) from exc
+        if not ov.is_sweep_override():
+            axes.append([(text, None)])
+            continue
+        if not ov.is_discrete_sweep():
+            raise OverrideError(text, "an interval is for an optimizer: list the values"
+                                      " (k=a,b,c), or give range(start,stop,step)")
+        try:
+            values = list(ov.sweep_string_iterator())
+        except HydraException as exc:  # glob(): the options are not known here
+            raise OverrideError(text, f"{_first_line(exc)}: list the values") from exc
+        key = ov.get_key_element()
+        axes.append([(naming.format_params_file(file, f"{key}={v}"), (ov.key_or_group, v))
+                     for v in values])
+    return [
+        Combination([t for t, _ in combo], [kv for _, kv in combo if kv is not None])
+        for combo in itertools.product(*axes)
+    ]
+
+
 def main_overrides(overrides: list[str]) -> list[str]:
     """The overrides of the main config (those without a params-file prefix), as Hydra
     takes them."""

@@ -16,8 +16,9 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("init", "Create an example project, or adopt an existing git+DVC project."),
     "run": ("run", "Start a run: a branch mlfork/NAME with one commit per stage per iteration."),
-    "resume": ("resume", "Continue a run from its first uncommitted stage."),
+    "resume": ("resume", "Continue runs from their first uncommitted stage; several side by side."),
     "branch": ("branch", "Fork a run at a checkpoint into a new run."),
+    "sweep": ("sweep", "Fork a run once per swept value; run the forks side by side."),
     "runs": ("runs", "List the runs: parent, fork point, status, progress, headline metric."),
     "log": ("log", "List a run's checkpoints with their metrics."),
     "sync": ("sync", "Deliver pending tracking writes; bring MLflow up to date with git."),

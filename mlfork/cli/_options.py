@@ -49,3 +49,23 @@ def wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Deliver the tracking writes before returning (default: a background"
              " 'mlfork sync' does; MLFORK_WAIT=1 makes this the default).",
     )(fn)
+
+
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--jobs, --executor and --executor-param: how runs go side by side."""
+    fn = click.option(
+        "--executor-param", "executor_params", multiple=True, metavar="KEY=VALUE",
+        help="A submitit parameter: cluster=local (this machine), timeout_min=60,"
+             " slurm_partition=gpu, gpus_per_node=1...",
+    )(fn)
+    fn = click.option(
+        "--executor", type=click.Choice(["local", "submitit"]), default="local",
+        show_default=True,
+        help="Where the jobs run: local processes, or submitit (SLURM; its local executor"
+             " with --executor-param cluster=local).",
+    )(fn)
+    fn = click.option(
+        "--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="J",
+        help="Run at most J at a time (default: one per CPU).",
+    )(fn)
+    return fn

@@ -148,3 +148,20 @@ def render_run_result(result: Any) -> None:
         note(f"next: mlfork log {result.name}  |  {fork} --run")
     else:
         note(f"next: mlfork resume {result.name}")
+
+
+def render_jobs(result: Any) -> None:
+    """The jobs of a sweep or of `resume --jobs`: one row each, then the failures' commands."""
+    rows = [
+        (job.run, job.status or ("completed" if job.ok else "failed"),
+         f"{job.done}/{job.budget}",
+         f"{job.headline}={fmt(job.headline_value)}" if job.headline else "-",
+         "ok" if job.ok else f"exit {job.returncode}")
+        for job in result.jobs
+    ]
+    table(["run", "status", "iterations", "headline", "job"], rows)
+    ok = len(result.jobs) - len(result.failed)
+    note(f"{ok} of {len(result.jobs)} job(s) ran to their end in {result.seconds:.1f}s"
+         f" ({result.executor}, {result.parallel} at a time)")
+    for job in result.failed:
+        note(f"{job.run}: {job.error} (log {job.log}); go on with: {job.resume}")

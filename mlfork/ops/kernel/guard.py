@@ -31,7 +31,7 @@ class Guard:
         git = project.git
         self.head = git.head_state()
         self.index = git.index_bytes()
-        self.dir = project.local("guard", f"{os.getpid()}-{time.time_ns()}")
+        self.dir = project.local_here("guard", f"{os.getpid()}-{time.time_ns()}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.saved: dict[str, bool] = {}  # path -> it existed (then it is saved under dir)
         self.created: list[str] = []  # branches this command created
@@ -65,7 +65,7 @@ class Guard:
     def displace(self, rel: str) -> Path:
         """Move an untracked DVC output out of a switch's way (kept, never deleted)."""
         src = self.project.root / rel
-        dest = self.project.local("displaced", self.dir.name, rel)
+        dest = self.project.local_here("displaced", self.dir.name, rel)
         if dest.exists():
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
         os.replace(src, dest)

@@ -261,8 +261,7 @@ def run_info(project: Project, run: str) -> RunInfo:
 
 
 def run_status(project: Project, run: str, done: int, budget: int) -> str:
-    holder = project.lock_holder()
-    if holder.get("run") == run:
+    if run in project.running():
         return "running"
     if done >= budget:
         return "completed"

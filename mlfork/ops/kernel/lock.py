@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlfork import naming
@@ -27,7 +28,7 @@ _HELD: dict[str, ProjectLock] = {}  # lock path -> the lock this process holds
 LOCK_WAIT = 5.0  # seconds a command waits for another one's lock before it refuses
 
 
-def _alive(payload: dict[str, Any]) -> bool:
+def alive(payload: dict[str, Any]) -> bool:
     """Is the process a lock record names still running (the same process, not a reused
     pid)?"""
     import psutil
@@ -127,12 +128,28 @@ class ProjectLock:
         psutil.wait_procs(alive, timeout=5)
 
 
-def record_of(project: Project) -> dict[str, Any]:
+def record_of(project: Project, path: Path | None = None) -> dict[str, Any]:
     try:
-        loaded = json.loads(project.lock_path.read_text("utf-8") or "{}")
+        loaded = json.loads((path or project.lock_path).read_text("utf-8") or "{}")
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
+
+
+def running(project: Project) -> set[str]:
+    """The runs a live mlfork is running right now, in any worktree of the repository (a
+    sweep runs its forks in worktrees of their own)."""
+    name = naming.lock_name(project.git.prefix)
+    common = project.git.common_dir
+    paths = [project.lock_path, common / name]
+    with contextlib.suppress(OSError):
+        paths += [entry / name for entry in sorted((common / "worktrees").iterdir())]
+    out = set()
+    for path in dict.fromkeys(paths):
+        found = record_of(project, path)
+        if found.get("run") and alive(found):
+            out.add(str(found["run"]))
+    return out
 
 def last_work(project: Project) -> dict[str, Any] | None:
     """What the last holder of the lock was in the middle of (a stage, a switch) if it
@@ -141,16 +158,10 @@ def last_work(project: Project) -> dict[str, Any] | None:
     if held is not None:
         return held.interrupted_work
     found = record_of(project)
-    if _alive(found):
+    if alive(found):
         return None  # still at work: not leftovers
     work = found.get("working")
     return dict(work) if isinstance(work, dict) else None
-
-def holder(project: Project) -> dict[str, Any]:
-    """Who holds the project lock right now ({} if nobody). Reads the holder's record
-    and checks that its process lives: a reader never takes the lock."""
-    found = record_of(project)
-    return found if _alive(found) else {}
 
 @contextmanager
 def acquire(project: Project, run: str, command: str) -> Iterator[ProjectLock]:

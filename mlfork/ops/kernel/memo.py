@@ -33,7 +33,7 @@ def _key(kind: str, parts: Any) -> str:
 
 
 def folder(project: Project) -> Path:
-    return project.git.git_dir / "mlfork" / "memo"
+    return project.git.common_dir / "mlfork" / "memo"
 
 
 def get(project: Project, kind: str, parts: Any) -> Any:

@@ -58,6 +58,10 @@ class Project:
     def __init__(self, git: GitRepo) -> None:
         self.git = git
         self.root = git.root
+        # where the project's shared machine-local state lives (tracking store, outbox,
+        # run states, logs): the main worktree's project folder, also from a linked one
+        main = git.main_workdir
+        self.home = main / git.prefix if main != git.workdir else self.root
         self._records: dict[str, RunRecord | None] = {}
 
     @classmethod
@@ -302,8 +306,18 @@ class Project:
     # -- local state ----------------------------------------------------------------------------
 
     def local(self, *parts: str) -> Path:
-        """A path under .mlfork/local/, which ignores itself: no project setup needed."""
-        base = self.root / naming.LOCAL_DIR
+        """A path under the project's .mlfork/local/, which ignores itself: no project setup
+        needed. From a linked worktree, the main worktree's: every worktree of a clone
+        shares one tracking store, outbox, run states and logs."""
+        return self._local(self.home, parts)
+
+    def local_here(self, *parts: str) -> Path:
+        """A path under this worktree's own .mlfork/local/ (what backs up its workspace)."""
+        return self._local(self.root, parts)
+
+    @staticmethod
+    def _local(root: Path, parts: tuple[str, ...]) -> Path:
+        base = root / naming.LOCAL_DIR
         if not (base / ".gitignore").exists():
             base.mkdir(parents=True, exist_ok=True)
             (base / ".gitignore").write_text("# mlfork's machine-local state\n*\n")
@@ -317,7 +331,7 @@ class Project:
         path.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
 
     def read_state(self, run: str) -> dict[str, Any]:
-        path = self.root / naming.STATE_DIR / f"{run}.json"
+        path = self.home / naming.STATE_DIR / f"{run}.json"
         try:
             return dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
@@ -334,7 +348,7 @@ class Project:
     def add_strays(self, paths: set[str]) -> None:
         if paths:
             known = self.strays() | paths
-            self.local("strays.json").write_text(json.dumps(sorted(known)), encoding="utf-8")
+            self.local_here("strays.json").write_text(json.dumps(sorted(known)), encoding="utf-8")
 
     @property
     def lock_path(self) -> Path:
@@ -347,9 +361,11 @@ class Project:
         died there; None if it finished cleanly. Under the lock, what the lock found."""
         return locks.last_work(self)
 
-    def lock_holder(self) -> dict[str, Any]:
-        """Who holds the project lock right now ({} if nobody)."""
-        return locks.holder(self)
+    def running(self) -> set[str]:
+        """The runs being run right now, here or in another worktree."""
+        if "_running" not in self.__dict__:
+            self.__dict__["_running"] = locks.running(self)
+        return set(self.__dict__["_running"])
 
     def lock(self, run: str, command: str) -> AbstractContextManager[ProjectLock]:
         """One mlfork writer per project, from a command's first check to its last write

@@ -226,6 +226,11 @@ def switch(
     target = git.resolve_branch(branch)
     if target is None:
         raise GitError(f"branch '{branch}' does not exist: nothing to switch to")
+    run = naming.run_from_ref(branch)
+    if run is not None:
+        from mlfork.ops.kernel import worktrees
+
+        worktrees.check_free(project, run)
     pipeline = project.pipeline()
     status = git.status()
     outputs = output_paths(pipeline)
@@ -254,6 +259,21 @@ def switch(
     # what git did not touch (ignored, untracked) is as it was before the switch
     guard.save([p for p in output_paths(new) + sorted(owned_paths(new))
                 if not git.is_tracked(target, p)], new)
+    materialize(project, branch, required=required, note=note)
+
+
+def materialize(
+    project: Project,
+    branch: str,
+    *,
+    required: Iterable[str] = (),
+    note: Callable[[str], None] | None = None,
+) -> None:
+    """DVC's part of checking out `branch` (checked out already): with a DVC remote, the
+    outputs its DVC files record that the cache lacks are fetched; without one, only
+    those a stage cannot do without (MissingData otherwise); then what the cache holds is
+    linked into the workspace."""
+    new = project.pipeline()
     outs = [o.path for o in new.outs() if o.cache]
     missing = project.dvc.missing_from_cache(outs)
     needed = [p for p in missing if p in set(required) | set(absent_inputs(project, new))]
@@ -265,7 +285,7 @@ def switch(
 
 
 def _copy_aside(project: Project, guard: Guard, rel: str) -> Path:
-    dest = project.local("displaced", guard.dir.name, rel)
+    dest = project.local_here("displaced", guard.dir.name, rel)
     shutil.copy2(project.root / rel, dest)
     return dest
 

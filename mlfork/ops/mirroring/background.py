@@ -85,7 +85,7 @@ def start(project: Project) -> int | None:
         log.flush()
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlfork", "sync", "--background"],
-            cwd=project.root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=project.home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True, close_fds=True,
         )
     except OSError:  # cannot start a process: the outbox waits for the next command
@@ -126,7 +126,7 @@ def foreground(project: Project) -> Iterator[None]:
     with delivering(project, SYNC_WAIT) as held:
         if not held:
             try:
-                pid = int((project.root / naming.SYNC_LOCK).read_text() or 0)
+                pid = int((project.home / naming.SYNC_LOCK).read_text() or 0)
             except (OSError, ValueError):
                 pid = 0
             raise ProjectLocked(pid, f"delivering tracking writes for {SYNC_WAIT:.0f} s,"

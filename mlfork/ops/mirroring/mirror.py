@@ -20,7 +20,7 @@ EXCLUDED_PARAMS = ("iteration", "iterations")
 
 
 def experiment_name(project: Project, rev: str) -> str:
-    return project.policy(rev).experiment or project.root.name
+    return project.policy(rev).experiment or project.home.name
 
 
 def tracking_uri(project: Project, rev: str | None = None, write: bool = False) -> str:
@@ -29,7 +29,7 @@ def tracking_uri(project: Project, rev: str | None = None, write: bool = False) 
     configured = project.policy(rev).tracking_uri if rev else None
     if write:
         project.local("mlflow.db")
-    return default_uri(project.root, configured)
+    return default_uri(project.home, configured)
 
 
 def iso_to_ms(text: str) -> int:

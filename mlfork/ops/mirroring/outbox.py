@@ -161,7 +161,7 @@ def outbox_run(path: Any) -> str:
 
 
 def pending(project: Project) -> list[Any]:
-    folder = project.root / naming.OUTBOX_DIR
+    folder = project.home / naming.OUTBOX_DIR
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 

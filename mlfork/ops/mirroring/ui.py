@@ -44,7 +44,7 @@ def plan(path: str | os.PathLike[str] = ".", port: int | None = None) -> UiPlan:
     project = Project.open(path, require_dvc=False)
     head = project.git.head_commit()
     uri = track.tracking_uri(project, head)
-    experiment = track.experiment_name(project, head) if head else project.root.name
+    experiment = track.experiment_name(project, head) if head else project.home.name
     waiting = len(outbox.pending(project))
     if not uri.startswith("sqlite:///"):
         if uri.startswith(("http://", "https://")):

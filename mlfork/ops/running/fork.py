@@ -122,6 +122,64 @@ def branch(
         project.close()
 
 
+def branches(
+    path: str | os.PathLike[str] = ".",
+    source: str | None = None,
+    *,
+    forks: Sequence[tuple[str, Sequence[str]]],
+    from_iteration: int | None = None,
+    from_step: str | None = None,
+    iterations: int | None = None,
+    tags: Sequence[str] = (),
+    timeout: float | None = None,
+    stage_timeout: float | None = None,
+    argv: Sequence[str] = (),
+    progress: Progress = quiet,
+    wait: bool | None = None,
+) -> list[ForkResult]:
+    """Several forks of one checkpoint (`mlfork sweep`), each (name, overrides): every one
+    planned and checked before the first is written, none switched to (the workspace is
+    not touched). The fork point's checkpoint must be in the cache or on the DVC remote."""
+    started = time.perf_counter()
+    shown: set[str] = set()
+
+    def once(event: Event) -> None:  # a warning true of every fork is said once
+        if event.kind != "warning" or event.message not in shown:
+            shown.add(event.message)
+            progress(event)
+
+    project = Project.open(path)
+    try:
+        with project.lock("", "sweep") as lock:
+            taken: set[str] = set()
+            plans = []
+            for name, overrides in forks:
+                if name in taken:
+                    raise UsageError(f"two forks of the sweep would be named '{name}'")
+                taken.add(name)
+                plans.append(_plan(
+                    project, lock, source=source, from_iteration=from_iteration,
+                    from_step=from_step, name=name, iterations=iterations, tags=tags,
+                    inherit_tags=False, timeout=timeout, stage_timeout=stage_timeout,
+                    switch=False, run=False, overrides=overrides, argv=argv,
+                    progress=once,
+                ))
+            if plans:
+                cp = plans[0].checkpoint
+                needed = _required_at(project, cp.commit, project.policy(cp.commit))
+                if needed and project.dvc.default_remote() is None:
+                    project.dvc.fetch(needed, f"the fork point {cp.run}@{cp.iteration}/"
+                                      f"{cp.step} needs it")  # raises MissingData
+            return [
+                _write(project, lock, plan, started, switch=False, run=False, argv=argv,
+                       progress=once, echo=False, timings=None,
+                       wait=background.waits(wait))
+                for plan in plans
+            ]
+    finally:
+        project.close()
+
+
 @dataclass
 class _Plan:
     """A fork, checked and composed, before anything is written."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from mlfork import faults, naming
 from mlfork.adapters.tracking.writer import Tracker
 from mlfork.errors import TrackingError, UnknownRun, UsageError
-from mlfork.ops.kernel import lineage
+from mlfork.ops.kernel import lineage, worktrees
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import background, outbox
 from mlfork.ops.mirroring import mirror as track
@@ -72,6 +72,7 @@ def rm(
                     f"run '{name}' is checked out: switch to another branch first"
                     " ('git switch main'), then remove it"
                 )
+            worktrees.check_free(project, name)
             forks = dependents(project, name)
             if forks and not force:
                 raise UsageError(
@@ -115,9 +116,9 @@ def remove(
         parked.unlink(missing_ok=True)
         raise
     faults.point("rm.deleted")
-    state = project.root / naming.STATE_DIR / f"{name}.json"
+    state = project.home / naming.STATE_DIR / f"{name}.json"
     state.unlink(missing_ok=True)
-    logs = project.root / naming.LOGS_DIR / name
+    logs = project.home / naming.LOGS_DIR / name
     if logs.is_dir():
         shutil.rmtree(logs, ignore_errors=True)
     if not wait:

@@ -12,7 +12,7 @@ from typing import Any
 from mlfork import faults, naming
 from mlfork.errors import ConfigError, ProjectError, UsageError
 from mlfork.models import Pipeline, Policy, RunRecord, RunResult
-from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel import lineage, workspace, worktrees
 from mlfork.ops.kernel.guard import guarded
 from mlfork.ops.kernel.project import Project, ProjectLock
 from mlfork.ops.running import params
@@ -268,6 +268,7 @@ def _resume(
     check_positive("--timeout", timeout)
     check_positive("--stage-timeout", stage_timeout)
     lineage.record(project, name)
+    worktrees.check_free(project, name)
     extra = handoff_files(project.policy(lineage.tip(project, name)))
     current = lineage.current_run(project)
     workspace.check(project, project.pipeline(), run=current, extra=extra)

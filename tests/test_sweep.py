@@ -1,0 +1,195 @@
+"""Fork sweeps and `resume A B C --jobs J`: forks run side by side, each in a git worktree
+of its own sharing the DVC cache and the tracking store, on local processes and on
+submitit's local executor; the main workspace is never touched, a failed job is reported
+with its resume command while the others go on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import projects
+import pytest
+from conftest import cli, copy_project, git, ok, shared_build, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def monorepo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The `subdir` fixture (a DVC project in `ml/` of a monorepo), adopted, with a run
+    `base` of two iterations, back on `main` as a user leaves it."""
+
+    def build(root: Path) -> None:
+        projects.subdir(root)
+        ml = root / "ml"
+        ok(cli(ml, "init"))
+        ok(cli(ml, "run", "--name", "base", "--iterations", "2"))
+        git(root, "switch", "-q", "main")
+
+    return shared_build(tmp_path_factory, worker_id, "sweep-monorepo", build)
+
+
+def workspace(root: Path) -> dict[str, object]:
+    """What a sweep must not touch: HEAD, index, status and every file of the main
+    worktree but mlfork's machine-local state (where the jobs' worktrees and logs live) and
+    the DVC cache (which the jobs share, and add their outputs to)."""
+    snap = snapshot(root)
+    files = {k: v for k, v in snap["files"].items()  # type: ignore[attr-defined]
+             if ".mlfork/local/" not in k and ".dvc/cache/" not in k}
+    return {"head": snap["head"], "index": snap["index"], "status": snap["status"],
+            "files": files}
+
+
+def runs(ml: Path) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in json.loads(ok(cli(ml, "runs", "--json")).stdout)}
+
+
+def mlflow_runs(ml: Path) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri="sqlite:///" + str(ml / ".mlfork/local/mlflow.db"))
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    assert len(experiments) == 1, [e.name for e in experiments]  # one for every worktree
+    found = client.search_runs([experiments[0].experiment_id])
+    names = [r.data.tags["mlfork.run"] for r in found]
+    assert len(names) == len(set(names)), names  # one MLflow run per run, no duplicate
+    return {r.data.tags["mlfork.run"]: r for r in found}
+
+
+def no_worktrees(root: Path) -> None:
+    listed = git(root, "worktree", "list", "--porcelain")
+    assert listed.count("worktree ") == 1, listed
+    assert not list((root / "ml/.mlfork/local/worktrees").glob("*"))
+
+
+def test_a_sweep_runs_three_forks_two_at_a_time(monorepo: Path, tmp_path: Path) -> None:
+    """`mlfork sweep --from base --from-iteration 0 lr=0.3,0.5,0.7 --jobs 2` from `main`:
+    three forks named after their values, each with its own iteration 1 (its score says
+    which lr it ran with), three MLflow runs nested under `base`, the workspace untouched
+    and no worktree left."""
+    root = copy_project(monorepo, tmp_path / "repo")
+    ml = root / "ml"
+    before = workspace(root)
+    proc = ok(cli(ml, "sweep", "--from", "base", "--from-iteration", "0", "lr=0.3,0.5,0.7",
+                  "--jobs", "2", "--json"))
+    result = json.loads(proc.stdout)
+    assert (result["executor"], result["parallel"], result["failed"]) == ("local", 2, [])
+    names = ["base-lr0.3", "base-lr0.5", "base-lr0.7"]
+    assert [job["run"] for job in result["jobs"]] == names
+    assert workspace(root) == before
+    no_worktrees(root)
+
+    listed = runs(ml)
+    tracked = mlflow_runs(ml)
+    for name, lr in zip(names, (0.3, 0.5, 0.7), strict=True):
+        info = listed[name]
+        assert (info["status"], info["done"], info["budget"]) == ("completed", 2, 2)
+        assert info["parent"]["run"] == "base" and info["parent"]["iteration"] == 0
+        assert info["headline_value"] == pytest.approx(lr * 10 + 3)  # prep's 3 rows
+        tags = tracked[name].data.tags
+        assert tags["mlflow.parentRunId"] == tracked["base"].info.run_id
+        assert tracked[name].info.status == "FINISHED"
+        assert tracked[name].data.metrics["score"] == pytest.approx(lr * 10 + 3)
+    # each fork's iteration 1 is a commit of its own branch, on top of the fork point
+    for name in names:
+        log = git(root, "log", "--format=%(trailers:key=Mlfork-Run,valueonly)",
+                  f"mlfork/{name}", "-n", "3")
+        assert log.split()[0] == name
+
+
+def test_resume_jobs_on_submitit_goes_on_past_a_failed_job(
+    monorepo: Path, tmp_path: Path
+) -> None:
+    """Forks made with `sweep --no-run` (one of them with a value its stage cannot use),
+    then `mlfork resume A B C --jobs 2 --executor submitit --executor-param cluster=local`:
+    two complete, the failed one is reported with its log and resume command (exit 19),
+    its branch keeps the fork point, nothing is left in the workspace or in worktrees."""
+    root = copy_project(monorepo, tmp_path / "repo")
+    ml = root / "ml"
+    made = json.loads(ok(cli(ml, "sweep", "--from", "base", "--from-iteration", "0",
+                             "--name-prefix", "s", "lr=0.3,0.5,boom", "--no-run",
+                             "--json")).stdout)
+    names = [f["name"] for f in made["forks"]]
+    assert names == ["s-lr0.3", "s-lr0.5", "s-lrboom"]
+    assert made["jobs"] == []
+    before = workspace(root)
+    tips = {n: git(root, "rev-parse", f"mlfork/{n}").strip() for n in names}
+
+    proc = cli(ml, "resume", *names, "--jobs", "2", "--executor", "submitit",
+               "--executor-param", "cluster=local")
+    assert proc.returncode == 19, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "mlfork: error: 1 of 3 job(s) failed (s-lrboom)")
+    assert "go on with: mlfork resume s-lrboom" in proc.stderr
+    assert "submitit, 2 at a time" in proc.stderr
+    assert workspace(root) == before
+    no_worktrees(root)
+
+    listed = runs(ml)
+    assert listed["s-lr0.3"]["status"] == listed["s-lr0.5"]["status"] == "completed"
+    assert listed["s-lrboom"]["done"] == 1  # the fork point: nothing of its own committed
+    # its iteration 1 stopped at `fit`: `prep`'s checkpoint is committed, nothing after
+    steps = git(root, "log", "--format=%(trailers:key=Mlfork-Step,valueonly)",
+                f"{tips['s-lrboom']}..mlfork/s-lrboom").split()
+    assert steps == ["prep"]
+    log = (ml / ".mlfork/local/logs/s-lrboom/job.log").read_text()
+    assert "mlfork: error:" in log and "fit" in log
+    tracked = mlflow_runs(ml)
+    assert tracked["s-lr0.5"].data.metrics["score"] == pytest.approx(8.0)
+
+
+def test_a_run_in_a_worktree_is_not_resumed_twice(monorepo: Path, tmp_path: Path) -> None:
+    """A run checked out in the user's own `git worktree` is refused by `resume` and `rm`
+    here (exit 12) with where it is, and everything stays as it was; from inside that
+    worktree, `mlfork resume` runs it with the project's tracking store and states."""
+    root = copy_project(monorepo, tmp_path / "repo")
+    ml = root / "ml"
+    ok(cli(ml, "branch", "--from", "base", "--from-iteration", "0", "--name", "wt",
+           "--no-switch", "lr=0.9"))
+    other = tmp_path / "other"
+    git(root, "worktree", "add", "-q", str(other), "mlfork/wt")
+    for args in (("resume", "wt"), ("rm", "wt")):
+        before = snapshot(root)
+        proc = cli(ml, *args)
+        assert proc.returncode == 12, proc.stdout + proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"checked out in the worktree {other}" in line
+        assert snapshot(root) == before
+    proc = cli(ml, "resume", "base", "wt", "--jobs", "2")
+    assert proc.returncode == 12 and "checked out in the worktree" in proc.stderr
+
+    seen = json.loads(ok(cli(other / "ml", "runs", "--json")).stdout)
+    assert {r["name"]: r["checked_out"] for r in seen} == {"base": False, "wt": True}
+    (other / "ml/.dvc/config.local").write_text(
+        f"[cache]\n    dir = {ml / '.dvc/cache'}\n")
+    ok(cli(other / "ml", "resume"))
+    assert runs(ml)["wt"]["status"] == "completed"
+    assert mlflow_runs(ml)["wt"].data.metrics["score"] == pytest.approx(12.0)
+    assert not (other / "ml/.mlfork/local/mlflow.db").exists()
+
+
+@pytest.mark.parametrize("values,fragment", [
+    (("lr=0.1",), "nothing to sweep"),
+    (("lr=interval(0,1)",), "an interval is for an optimizer"),
+    (("lr=glob(*)",), "list the values"),
+])
+def test_a_sweep_without_values_is_refused(monorepo: Path, tmp_path: Path,
+                                           values: tuple[str, ...], fragment: str) -> None:
+    root = copy_project(monorepo, tmp_path / "repo")
+    before = snapshot(root)
+    proc = cli(root / "ml", "sweep", "--from", "base", *values)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert fragment in line
+    assert snapshot(root) == before
+
+
+def test_sweep_names(tmp_path: Path) -> None:
+    from mlfork.ops.running.fanout import sweep_names
+
+    assert sweep_names("base-", [[("model.lr", "0.1"), ("seed", "2")]]) == ["base-lr0.1-seed2"]
+    assert sweep_names("b-", [[("m", "'a b'")], [("m", "ab")]]) == ["b-mab", "b-mab-2"]
+    assert sweep_names("", [[("model", "mlp")]]) == ["modelmlp"]
+
