@@ -141,7 +141,7 @@ def sweep(
         path, src, forks=[(n, c.overrides) for n, c in zip(names, combos, strict=True)],
         from_iteration=from_iteration, from_step=from_step, iterations=iterations,
         tags=tags, timeout=timeout, stage_timeout=stage_timeout, argv=argv,
-        progress=progress, wait=wait,
+        progress=progress, wait=wait, deferred=run,  # each job delivers its fork's writes
     )
     for made_fork in made:
         progress(Event("note", made_fork.name, message=(
@@ -233,6 +233,7 @@ def run_jobs(
                       *(["--stage-timeout", str(stage_timeout)] if stage_timeout else [])]
         runner = runner or _runner(project, executor, params, wait)
         results = _drive(project, names, parallel, runner, argv_extra, progress)
+        _deliver_rest(project, wait)
     finally:
         project.close()
     return FanoutResult(results, executor, parallel, seconds=time.monotonic() - started)
@@ -240,32 +241,33 @@ def run_jobs(
 
 def _drive(project: Project, names: list[str], parallel: int, runner: Any,
            argv_extra: list[str], progress: Progress) -> list[JobResult]:
+    """At most `parallel` jobs at a time; a finished job's slot is given to the next one
+    before the finished one is summed up (the summary reads what it committed)."""
     queue = list(names)
     active: dict[str, tuple[Any, Path]] = {}
     done: dict[str, JobResult] = {}
     try:
         while queue or active:
+            ended: list[tuple[str, int, Path, str]] = []
+            for name, (handle, log) in list(active.items()):
+                code, why = runner.poll(handle)
+                if code is not None:
+                    del active[name]
+                    _remove(project, name)
+                    ended.append((name, code, log, why))
             while queue and len(active) < parallel:
                 name = queue.pop(0)
                 log = project.local("logs", name, "job.log")
                 try:
                     root = worktrees.add(project, name)
-                    _materialize(root, name, progress)
                 except Exception as exc:  # noqa: BLE001 - this job fails, the others go on
-                    done[name] = _ended(project, name, 1, log, _one_line(exc))
                     _remove(project, name)
-                    progress(Event("note", name, message=_summary(done[name])))
+                    ended.append((name, 1, log, _one_line(exc)))
                     continue
-                handle = runner.start(root, ["resume", name, *argv_extra], log)
-                active[name] = (handle, log)
+                active[name] = (runner.start(root, ["resume", name, *argv_extra], log), log)
                 progress(Event("note", name, message=(
                     f"{name}: started in {_rel(project, root)} (log {_rel(project, log)})")))
-            for name, (handle, log) in list(active.items()):
-                code, why = runner.poll(handle)
-                if code is None:
-                    continue
-                del active[name]
-                _remove(project, name)
+            for name, code, log, why in ended:
                 done[name] = _ended(project, name, code, log, why)
                 progress(Event("note", name, message=_summary(done[name])))
             if active:
@@ -279,17 +281,40 @@ def _drive(project: Project, names: list[str], parallel: int, runner: Any,
     return [done[name] for name in names]
 
 
-def _materialize(root: Path, name: str, progress: Progress) -> None:
-    """The run's DVC outputs into its new worktree, as a switch to its branch brings them
-    (fetched from the DVC remote where the shared cache lacks them)."""
+def job(args: list[str]) -> int:
+    """A job's process, in its worktree: the run's DVC outputs brought in as a switch to
+    its branch brings them (fetched from the DVC remote where the shared cache lacks
+    them), then `mlfork ARGS` (a `resume RUN ...`)."""
+    from mlfork.cli import main
+    from mlfork.errors import MlforkError
     from mlfork.ops.kernel import workspace
 
-    inner = Project.open(root)
+    name = args[1]
     try:
-        workspace.materialize(inner, naming.branch_name(name), note=lambda message: progress(
-            Event("note", name, message=f"{name}: {message}")))
-    finally:
-        inner.close()
+        inner = Project.open(".")
+        try:
+            workspace.materialize(inner, naming.branch_name(name), note=print)
+        finally:
+            inner.close()
+    except MlforkError as exc:
+        print(f"mlfork: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    sys.stdout.flush()
+    main(args)
+    return 0
+
+
+def _deliver_rest(project: Project, wait: bool | None) -> None:
+    """Tracking writes no job delivered (a job that never started): now with `wait`, else
+    by the background delivery."""
+    from mlfork.ops.mirroring import background, outbox
+
+    if not outbox.pending(project):
+        return
+    if background.waits(wait):
+        background.deliver(project)
+    else:
+        background.start(project)
 
 
 def _remove(project: Project, name: str) -> None:
@@ -352,15 +377,18 @@ def _rel(project: Project, path: Path) -> str:
 # -- executors -----------------------------------------------------------------------------------
 
 
+JOB = ["-m", "mlfork.ops.running.fanout"]  # a job's process: `job` below
+
+
 def job_main(cwd: str, args: list[str], log: str, env: dict[str, str]) -> int:
-    """One job, wherever the executor runs it: `mlfork ARGS` in `cwd`, its output appended
-    to `log`. Its exit status is the job's."""
+    """One job, wherever the executor runs it (submitit pickles this function): `job` in
+    `cwd`, its output appended to `log`. Its exit status is the job's."""
     with open(log, "ab") as fh:
         fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mlfork {' '.join(args)}\n"
                  .encode())
         fh.flush()
         proc = subprocess.run(
-            [sys.executable, "-m", "mlfork", *args], cwd=cwd, stdout=fh,
+            [sys.executable, *JOB, *args], cwd=cwd, stdout=fh,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **env}, check=False,
         )
@@ -380,7 +408,7 @@ class _Local:
                      .encode())
             fh.flush()
             return subprocess.Popen(
-                [sys.executable, "-m", "mlfork", *args], cwd=root, stdout=fh,
+                [sys.executable, *JOB, *args], cwd=root, stdout=fh,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env}, start_new_session=True,
             )
@@ -447,3 +475,7 @@ class _Submitit:
         deadline = time.monotonic() + GRACE
         while not job.done() and time.monotonic() < deadline:
             time.sleep(POLL)
+
+
+if __name__ == "__main__":
+    sys.exit(job(sys.argv[1:]))

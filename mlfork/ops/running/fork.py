@@ -136,10 +136,12 @@ def branches(
     argv: Sequence[str] = (),
     progress: Progress = quiet,
     wait: bool | None = None,
+    deferred: bool = False,
 ) -> list[ForkResult]:
     """Several forks of one checkpoint (`mlfork sweep`), each (name, overrides): every one
     planned and checked before the first is written, none switched to (the workspace is
-    not touched). The fork point's checkpoint must be in the cache or on the DVC remote."""
+    not touched). The fork point's checkpoint must be in the cache or on the DVC remote.
+    `deferred`: their MLflow runs wait in the outbox for the jobs that run them next."""
     started = time.perf_counter()
     shown: set[str] = set()
 
@@ -173,7 +175,7 @@ def branches(
             return [
                 _write(project, lock, plan, started, switch=False, run=False, argv=argv,
                        progress=once, echo=False, timings=None,
-                       wait=background.waits(wait))
+                       wait=background.waits(wait), deferred=deferred)
                 for plan in plans
             ]
     finally:
@@ -294,7 +296,7 @@ def _plan(
 def _write(
     project: Project, lock: ProjectLock, plan: _Plan, started: float, *, switch: bool,
     run: bool, argv: Sequence[str], progress: Progress, echo: bool,
-    timings: dict[str, float] | None, wait: bool,
+    timings: dict[str, float] | None, wait: bool, deferred: bool = False,
 ) -> ForkResult:
     """The fork's commit and branch (created whole, or not at all: concurrent forks to one
     name race here and one wins), then the switch and the MLflow run; with `run`, its
@@ -318,7 +320,7 @@ def _write(
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         faults.point("branch.created")
         result.tracking = _mirror(project, lock, name, progress, timings, started,
-                                  wait=wait, run=False)
+                                  wait=wait and not deferred, run=deferred)
         return result
 
     def note(message: str) -> None:
