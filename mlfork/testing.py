@@ -129,9 +129,11 @@ def settle(root: Path, timeout: float = 120.0) -> None:
 
 @contextmanager
 def serving(argv: Sequence[str], url: str, log: Path, *, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None, timeout: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server (`mlflow server`, `mlfork ui`) in its own process group until it answers
-    `url`/health, yield it, then stop the group (SIGTERM, SIGKILL after 30 s)."""
+            cwd: Path | None = None, timeout: float = 180.0,
+            health: str = "/health") -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server (`mlflow server`, `mlfork ui`, moto's S3) in its own process group until
+    it answers `url` + `health`, yield it, then stop the group (SIGTERM, SIGKILL after
+    30 s)."""
     with open(log, "w") as out:
         proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=dict(env) if env else None)
@@ -139,7 +141,7 @@ def serving(argv: Sequence[str], url: str, log: Path, *, env: Mapping[str, str] 
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                    with urllib.request.urlopen(url + health, timeout=5) as resp:
                         if resp.status == 200:
                             break
                 except OSError:

@@ -1,7 +1,8 @@
-"""Two people, one project: a bare git remote, a local DVC remote and a real `mlflow server`
-on 127.0.0.1. Alice runs and pushes; Bob clones into a folder of another name, sees her run,
-forks it (fetching only the fork point's objects), runs and pushes; Alice pulls and sees
-his fork. The server holds one experiment, Bob's fork nested under Alice's run."""
+"""Two people, one project: a bare git remote, a DVC remote (a local folder, or an S3 bucket
+on moto's S3-compatible server on 127.0.0.1) and a real `mlflow server` on 127.0.0.1. Alice
+runs and pushes; Bob clones into a folder of another name, sees her run, forks it (fetching
+only the fork point's objects), runs and pushes; Alice pulls and sees his fork. The server
+holds one experiment, Bob's fork nested under Alice's run."""
 
 from __future__ import annotations
 
@@ -33,6 +34,43 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with testing.serving(argv, url, folder / "server.log", env=env):
         yield url
+
+
+BUCKET = "team-data"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1, with the team's bucket."""
+    import boto3
+
+    folder = tmp_path_factory.mktemp("s3-server")
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+            url.rsplit(":", 1)[1]]
+    with testing.serving(argv, url, folder / "moto.log", health="/moto-api/"):
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                     aws_access_key_id="team", aws_secret_access_key="secret",
+                     ).create_bucket(Bucket=BUCKET)
+        yield url
+
+
+def bucket_objects(url: str) -> set[str]:
+    """The md5s of the DVC objects in the team's bucket (`dvc/files/md5/ab/cdef...`)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="team", aws_secret_access_key="secret")
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix="dvc/") for o in page.get("Contents", [])]
+    return {"".join(k.split("/")[-2:]) for k in keys if "/files/md5/" in k}
+
+
+def s3_remote(who: dict[str, str], root: Path, url: str) -> None:
+    """What each teammate keeps out of git: the endpoint and credentials of the S3 store."""
+    for key, value in (("endpointurl", url), ("access_key_id", "team"),
+                       ("secret_access_key", "secret"), ("region", "us-east-1")):
+        sh(who, root, "dvc", "remote", "modify", "--local", "store", key, value)
 
 
 def person(tmp: Path, name: str, url: str) -> dict[str, str]:
@@ -103,11 +141,17 @@ def mlflow_runs(url: str, experiment: str | None = None) -> list[dict[str, Any]]
             for r in runs]
 
 
+@pytest.mark.parametrize("storage", ["folder", "s3"])
 def test_two_people_share_runs_through_git_dvc_and_one_server(
-    tmp_path: Path, template: Path, server: str
+    tmp_path: Path, template: Path, server: str, storage: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """With S3, the DVC remote is added after Alice's run (the checkpoints' commits do not
+    name it) and its endpoint and keys are in each clone's `.dvc/config.local`: a per-commit
+    `dvc push --all-commits`/`--rev` reads each commit's config there, and skipped those
+    commits' objects ("failed to collect"); mlfork pushes every object with the
+    workspace's remote."""
     remote = tmp_path / "team.git"
-    store = tmp_path / "dvc-store"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     alice = person(tmp_path, "Alice", server)
     bob = person(tmp_path, "Bob", server)
@@ -115,18 +159,33 @@ def test_two_people_share_runs_through_git_dvc_and_one_server(
     # Alice: her project, the remotes, a run, a push
     mine = copy_project(template, tmp_path / "alice" / "proj")
     sh(alice, mine, "git", "remote", "add", "origin", str(remote))
-    sh(alice, mine, "dvc", "remote", "add", "-d", "store", str(store))
-    sh(alice, mine, "git", "commit", "-qam", "the team's DVC remote")
+    if storage == "folder":
+        sh(alice, mine, "dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store"))
+        sh(alice, mine, "git", "commit", "-qam", "the team's DVC remote")
+        as_(alice, mine, "run", "--name", "base", "--iterations", "3", "--wait")
+    else:
+        url = request.getfixturevalue("s3")
+        as_(alice, mine, "run", "--name", "base", "--iterations", "3", "--wait")
+        sh(alice, mine, "git", "switch", "-q", "main")
+        sh(alice, mine, "dvc", "remote", "add", "-d", "store", f"s3://{BUCKET}/dvc")
+        s3_remote(alice, mine, url)
+        sh(alice, mine, "git", "commit", "-qam", "the team's DVC remote")
     sh(alice, mine, "git", "push", "-q", "origin", "main")
-    as_(alice, mine, "run", "--name", "base", "--iterations", "3", "--wait")
     pushed = json.loads(as_(alice, mine, "push", "--json").stdout)
     assert pushed["pushed"] == ["base"] and pushed["objects"] > 0
     again = json.loads(as_(alice, mine, "push", "--json").stdout)
     assert again["up_to_date"] == ["base"] and again["objects"] == 0  # incremental
+    if storage == "s3":  # every object of every checkpoint is in the bucket
+        checkpoints = git(mine, "log", "--format=%H", "--grep", "Mlfork-Step:",
+                          "mlfork/base").split()
+        wanted = set().union(*(lock_objects(mine, rev) for rev in checkpoints))
+        assert wanted and wanted <= bucket_objects(url), wanted - bucket_objects(url)
 
     # Bob: a clone in a folder of another name, an empty cache
     theirs = tmp_path / "bob" / "remote"
     sh(bob, tmp_path, "git", "clone", "-q", str(remote), str(theirs))
+    if storage == "s3":
+        s3_remote(bob, theirs, url)
     as_(bob, theirs, "init")
     listed = json.loads(as_(bob, theirs, "runs", "--json").stdout)
     assert [(r["name"], r["remote"]) for r in listed] == [("base", "origin")]

@@ -382,7 +382,13 @@ class DvcProject:
             # its repository reads its own folder, as `dvc metrics show -A` does)
             folder = Path(os.path.relpath(self.root.resolve(), Path(scm.root_dir).resolve()))
             root = "/" if str(folder) == "." else "/" + folder.as_posix()
-            self._at[rev] = Repo(root_dir=root, fs=GitFileSystem(scm=scm, rev=rev), scm=scm)
+            # the commit's .dvc/config is read with this clone's config.local on top: a
+            # remote section the commit lacks (added later) but config.local completes (an
+            # S3 endpoint, keys) would not validate; the workspace's remotes complete it
+            remotes = {name: dict(conf) for name, conf in
+                       (self.repo.config.get("remote") or {}).items()}
+            self._at[rev] = Repo(root_dir=root, fs=GitFileSystem(scm=scm, rev=rev), scm=scm,
+                                 config={"remote": remotes} if remotes else None)
         return self._at[rev]
 
     def metric_files(self, rev: str) -> list[str]:

@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from mlfork.adapters.dvc_files import quiet_dvc
 from mlfork.errors import MissingData
 
 
-def push_revs(dvc: Any, revs: Sequence[str], remote: str | None = None) -> int:
-    """Push every object any of `revs` references (their dvc.lock and .dvc files: every
-    checkpoint, not only the workspace) to the DVC remote; DVC sends only what the remote
-    lacks. The number of objects sent. MissingData if the remote cannot be used."""
+def push_objects(dvc: Any, objects: Iterable[tuple[str, str]],
+                 remote: str | None = None) -> tuple[int, int]:
+    """Push the DVC objects `(md5, hash name)` (a folder's `.dir` object brings its files)
+    to the DVC remote (default: the project's), with the workspace's DVC config. DVC sends
+    only what the remote lacks. (sent, absent): the objects transferred, and those the local
+    cache does not hold (so not pushed). MissingData if the remote cannot be used.
+
+    Not `dvc push --rev`/`--all-commits`: they read each commit's own `.dvc/config`, so a
+    commit made before the remote was added, or whose remote section only becomes valid
+    with this clone's `config.local` (an S3 endpoint and keys), is skipped with "failed to
+    collect" and its objects never reach the remote."""
     from dvc.config import NoRemoteError
     from dvc.exceptions import DvcException
+    from dvc_data.hashfile.hash_info import HashInfo
 
-    if not revs:
-        return 0
+    repo = dvc.repo
+    present, absent = [], 0
+    for md5, name in dict.fromkeys(objects):
+        odb = repo.cache.legacy if name == "md5-dos2unix" else repo.cache.local
+        if odb.exists(md5):
+            present.append(HashInfo(name, md5))
+        else:
+            absent += 1
+    if not present:
+        return 0, absent
     try:
         with quiet_dvc():
-            return int(dvc.repo.push(revs=list(revs), workspace=False, remote=remote) or 0)
+            result = repo.cloud.push(present, remote=remote)
     except NoRemoteError as exc:
         raise MissingData(f"no DVC remote to push to ({exc}): add one with"
                           " 'dvc remote add -d NAME URL'") from exc
     except DvcException as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MissingData(f"the DVC push failed: {text}") from exc
+    if result.failed:
+        raise MissingData(f"the DVC push failed for {len(result.failed)} object(s): check the"
+                          " DVC remote, then push again")
+    return len(result.transferred), absent

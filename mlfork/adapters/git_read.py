@@ -222,6 +222,11 @@ class GitReader:
         blob = self._object_at(rev, path)
         return blob.data if isinstance(blob, pygit2.Blob) else None
 
+    def blob(self, oid: str) -> bytes:
+        """A blob's bytes by its id (as `find_files` gives it)."""
+        found = self._repo.get(oid)
+        return found.data if isinstance(found, pygit2.Blob) else b""
+
     def blob_id(self, rev: str, path: str) -> str | None:
         """The id of the blob at `path` in `rev` (None if there is no such file)."""
         blob = self._object_at(rev, path)

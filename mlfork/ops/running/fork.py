@@ -275,6 +275,13 @@ def _plan(
         manifest,  # the parent's manifest was made in another environment: warn
     )
 
+    files = dict(fork_cfg.files)
+    carried = _carried_dvc_config(project, cp.commit)
+    if carried is not None:
+        files[".dvc/config"] = carried
+        progress(Event("note", name, message=(
+            "the fork's first commit takes .dvc/config from HEAD: it names the DVC remote(s)"
+            " the checkpoint's does not, which this clone's config.local completes")))
     for message in fork_cfg.warnings:
         progress(Event("warning", name, message=message))
     for message in manifest.drift_warnings(git.read(cp.commit, naming.REPLAY_MANIFEST)):
@@ -289,8 +296,34 @@ def _plan(
     except Exception:  # noqa: BLE001 - a hint only
         pass
 
-    return _Plan(name, src, cp, rec, fork_cfg.files, completed, current, list(extra),
-                 required)
+    return _Plan(name, src, cp, rec, files, completed, current, list(extra), required)
+
+
+def _carried_dvc_config(project: Project, commit: str) -> bytes | None:
+    """HEAD's `.dvc/config` where it names DVC remotes that the checkpoint's lacks: a remote
+    added after the checkpoint was made. The fork pushes and pulls with today's remote;
+    without it, a clone whose `.dvc/config.local` sets that remote's endpoint or keys has a
+    DVC config that does not validate at the checkpoint (no `url`), for mlfork as for
+    `dvc pull`."""
+    git = project.git
+    head = git.head_commit()
+    if head is None:
+        return None
+    mine, theirs = git.read(head, ".dvc/config"), git.read(commit, ".dvc/config")
+    if mine is None or mine == theirs:
+        return None
+    return mine if _remotes(mine) - _remotes(theirs or b"") else None
+
+
+def _remotes(text: bytes) -> set[str]:
+    from configobj import ConfigObj, ConfigObjError
+
+    try:
+        sections = ConfigObj(text.decode("utf-8", "replace").splitlines()).keys()
+    except ConfigObjError:
+        return set()
+    return {key.split(None, 1)[1].strip("'\" ") for key in sections
+            if key.startswith("remote ") and len(key.split(None, 1)) == 2}
 
 
 def _write(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlfork import naming
 from mlfork.adapters import git_remote
@@ -24,23 +25,42 @@ class PushResult:
     up_to_date: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # the remote moved on: pull first
     dvc_remote: str | None = None
-    commits: int = 0  # distinct DVC states whose objects were pushed
+    commits: int = 0  # checkpoints whose objects were pushed
     objects: int = 0  # DVC objects sent (0: the remote had them all)
+    absent: int = 0  # objects of the checkpoints this cache does not hold (not pushed)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
-def dvc_states(project: Project, revs: Sequence[str]) -> list[str]:
-    """One commit per distinct set of DVC files (every dvc.lock and .dvc file, by blob):
-    commits that record the same outputs reference the same objects."""
+def checkpoint_objects(project: Project, revs: Sequence[str]) -> list[tuple[str, str]]:
+    """(md5, hash name) of every cached output the dvc.lock and .dvc files of `revs` record
+    (each file read once: checkpoints share most of them); `cache: false` outputs of the
+    pipeline are not objects."""
+    from mlfork.adapters.dvc_files import dvcfile_outputs, lock_outputs
+
     git = project.git
-    seen: dict[tuple[tuple[str, str], ...], str] = {}
+    uncached = {o.path for o in project.pipeline().outs() if not o.cache}
+    seen: set[str] = set()
+    found: dict[tuple[str, str], None] = {}
     for rev in revs:
-        key = tuple(git.find_files(rev, "dvc.lock")) + tuple(git.find_suffix(rev, ".dvc"))
-        seen.setdefault(key, rev)
-    return list(seen.values())
+        files: list[tuple[str, str, Callable[[bytes], dict[str, dict[str, Any]]]]] = [
+            (path, oid, lock_outputs) for path, oid in git.find_files(rev, "dvc.lock")]
+        files += [(path, oid, dvcfile_outputs) for path, oid in git.find_suffix(rev, ".dvc")]
+        for path, oid, parse in files:
+            if oid in seen:
+                continue
+            seen.add(oid)
+            folder = os.path.dirname(path)
+            for out, entry in parse(git.blob(oid)).items():
+                md5 = entry.get("md5")
+                rel = os.path.normpath(os.path.join(folder, out))
+                if not md5 or rel in uncached or entry.get("cache") is False:
+                    continue
+                name = "md5" if entry.get("hash") == "md5" else "md5-dos2unix"
+                found[(str(md5), name)] = None
+    return list(found)
 
 
 def push(
@@ -69,7 +89,7 @@ def push(
         for name in names:
             tip = lineage.tip(project, name)
             revs += [tip, *(cp.commit for cp in lineage.checkpoints(project, tip))]
-        states = dvc_states(project, list(dict.fromkeys(revs)))
+        revs = list(dict.fromkeys(revs))
         result.dvc_remote = project.dvc.default_remote()
         if result.dvc_remote is None:
             result.warnings.append(
@@ -77,13 +97,19 @@ def push(
                 " and a teammate can fork only what their own cache holds (add one with"
                 " 'dvc remote add -d NAME URL', then push again)")
         else:
+            objects = checkpoint_objects(project, revs)
             if progress is not None:
-                progress(f"pushing the DVC objects of {len(states)} checkpoint state(s) to"
-                         f" '{result.dvc_remote}'")
-            from mlfork.adapters.dvc_remote import push_revs
+                progress(f"pushing the {len(objects)} DVC object(s) of {len(revs)} commit(s)"
+                         f" to '{result.dvc_remote}'")
+            from mlfork.adapters.dvc_remote import push_objects
 
-            result.objects = push_revs(project.dvc, states)
-            result.commits = len(states)
+            result.objects, result.absent = push_objects(project.dvc, objects)
+            result.commits = len(revs)
+            if result.absent:
+                result.warnings.append(
+                    f"{result.absent} object(s) the checkpoints record are not in this DVC"
+                    " cache (removed by 'dvc gc'?) and were not pushed: a teammate cannot"
+                    " fork where they are needed")
         refspecs = [f"{naming.ref_name(n)}:{naming.ref_name(n)}" for n in sorted(names)]
         for ref in git_remote.push(git.workdir, target, refspecs):
             name = naming.run_from_ref(ref.local) or ref.local
