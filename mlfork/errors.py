@@ -15,7 +15,8 @@ Exit codes (documented in the README):
     9  a timeout stopped the run (resumable)
     10 the tracking store could not be written (the outbox keeps the writes)
     11 no git identity is configured
-    12 another mlfork process holds the project lock
+    12 another mlfork process holds the project lock, or the run is checked out in another
+       worktree
     13 a dataset differs from the one a run used (replay refused without --force)
     14 a file mlfork reads is malformed (run record, replay manifest)
     15 an output path cannot be written
@@ -24,6 +25,8 @@ Exit codes (documented in the README):
     17 missing data: an input DVC needs is in neither the workspace nor the DVC cache, and
        no DVC remote provided it (the message names the `dvc pull` to run)
     18 git refused an operation (a branch moved while mlfork worked on it, a switch failed)
+    19 one or more jobs of `mlfork sweep` or `mlfork resume --jobs` failed (the others ran
+       on; each failure names its log and the `mlfork resume` that goes on)
     130 interrupted (Ctrl-C); resumable
     141 the reader of the output went away (`mlfork log` piped into `head -1`): nothing printed
 """

@@ -126,6 +126,13 @@ def bad_record(**changes: object) -> Setup:
     return setup
 
 
+def in_a_worktree(run: str) -> Setup:
+    """The run's branch checked out in the user's own `git worktree` beside the project."""
+    def setup(root: Path) -> None:
+        git(root, "worktree", "add", "-q", str(root.parent / f"wt-{run}"), f"mlfork/{run}")
+    return setup
+
+
 def locked_by_another(root: Path) -> None:
     """Another live process holds the project lock (a child that keeps it)."""
     path = lock_path(root)
@@ -438,6 +445,44 @@ WITH_RUNS = [
     Case("pull-no-remote", ("pull",), 2, "has no git remote"),
     Case("pull-unreachable", ("pull",), 18, "git fetch from 'origin' failed",
          remote("/nonexistent/team.git")),
+    Case("sweep-nothing", ("sweep", "--from", "base", "model.lr=0.1"), 2, "nothing to sweep"),
+    Case("sweep-interval", ("sweep", "--from", "base", "model.lr=interval(0,1)"), 2,
+         "an interval is for an optimizer"),
+    Case("sweep-glob", ("sweep", "--from", "base", "model=glob(*)"), 2, "list the values"),
+    Case("sweep-unknown-run", ("sweep", "--from", "nope", "model.lr=0.1,0.2"), 6,
+         "unknown run 'nope'"),
+    Case("sweep-locked-key", ("sweep", "--from", "base", "val_metric=accuracy,f1_macro"), 7,
+         "val_metric"),
+    Case("sweep-bad-override", ("sweep", "--from", "base", "model.lr=0.1,0.2", "nokey"), 2,
+         "nokey"),
+    Case("sweep-bad-prefix", ("sweep", "--from", "base", "--name-prefix", "a/b",
+                              "model.lr=0.1,0.2"), 2, "cannot start a run name"),
+    Case("sweep-jobs-zero", ("sweep", "--from", "base", "--jobs", "0", "model.lr=0.1,0.2"), 2,
+         "--jobs"),
+    Case("sweep-bad-executor", ("sweep", "--from", "base", "--executor", "k8s",
+                                "model.lr=0.1,0.2"), 2, "k8s"),
+    Case("sweep-param-local", ("sweep", "--from", "base", "--executor-param", "x=1",
+                               "model.lr=0.1,0.2"), 2, "is for --executor submitit"),
+    Case("sweep-param-shape", ("sweep", "--from", "base", "--executor", "submitit",
+                               "--executor-param", "nokey", "model.lr=0.1,0.2"), 2,
+         "expected KEY=VALUE"),
+    Case("sweep-param-unknown", ("sweep", "--from", "base", "--executor", "submitit",
+                                 "--executor-param", "cluster=local", "--executor-param",
+                                 "bogus=1", "model.lr=0.1,0.2"), 2, "--executor-param"),
+    Case("sweep-no-values", ("sweep", "--from", "base"), 2, "Missing argument"),
+    Case("sweep-locked", ("sweep", "--from", "base", "model.lr=0.1,0.2"), 12,
+         "another mlfork process", locked_by_another),
+    Case("resume-jobs-here", ("resume", "base", "lr", "--jobs", "2"), 2,
+         "is checked out here"),
+    Case("resume-jobs-unknown", ("resume", "lr", "nope", "--jobs", "2"), 6,
+         "unknown run 'nope'"),
+    Case("resume-jobs-zero", ("resume", "lr", "--jobs", "0"), 2, "--jobs"),
+    Case("resume-in-worktree", ("resume", "lr"), 12, "checked out in the worktree",
+         in_a_worktree("lr")),
+    Case("resume-jobs-in-worktree", ("resume", "lr", "other", "--jobs", "2"), 12,
+         "checked out in the worktree", in_a_worktree("lr")),
+    Case("rm-in-worktree", ("rm", "lr"), 12, "checked out in the worktree",
+         in_a_worktree("lr")),
     Case("sync-rebuild-bad-uri", ("sync", "--rebuild"), 10, "no scheme",
          env={"MLFLOW_TRACKING_URI": "htp:/x::y"}),
     Case("ui-bad-uri", ("ui",), 2, "cannot serve tracking URI",
