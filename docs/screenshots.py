@@ -6,13 +6,17 @@
 
 It builds a fresh example project in a temporary folder, runs `base` for 4 iterations,
 forks it twice at the end of iteration 1 (`lr`: model.lr=0.05, `mlp`: model=mlp), serves
-the project's tracking store with `mlfork ui`, and drives headless Chromium with Playwright:
+the project's tracking store with `mlfork ui`, and drives headless Chromium with Playwright,
+opening the address `mlfork ui` prints, as a user would, with nothing set in the browser
+beforehand (no local storage, no style): the check that the UI opens the experiment in its
+"Model training" view by itself. It fails unless it does.
 
     docs/img/ui-runs.png              run list ("Model training" view), forks nested under base
     docs/img/ui-compare-accuracy.png  chart view: accuracy, f1, log loss of the three runs per step
     docs/img/ui-fork-note.png         the `lr` fork's run page: its note (fork point...) and tags
 
-`--url URL` shoots an already running `mlfork ui` of such a demo project instead (faster).
+`--url URL` shoots an already running `mlfork ui` of such a demo project instead (faster;
+URL is the address it printed).
 
 Playwright is a docs-only tool: it is not a dependency of mlfork.
 """
@@ -33,6 +37,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlfork.ops.mirroring.ui import TRAINING_VIEW  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "img"
 BIN = Path(sys.executable).parent
@@ -42,21 +48,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--hide-scrollbars",
 ]
-# Set before the UI's own scripts run, on every page: "Model training" (not "GenAI") mode,
-# the MLflow Assistant side panel closed and its first-visit auto-open already spent.
-# Keys are the UI's useLocalStorage ones (`${key}_v${version}`, JSON values), MLflow 3.x.
-QUIET_UI = """
-localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
-localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
-localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
-localStorage.setItem('mlflow.detectIssues.guidanceShown_v1', 'true');
-localStorage.setItem('databricks-dark-mode-pref', 'light');
-"""
-# the floating "ask the assistant" button sits on top of the page's bottom-right corner
-HIDE_ASSISTANT_BUTTON = "button:has(.assistant-fab-label) { display: none !important; }"
-# the UI's run colours come from a hash of the run id unless the run has this tag (which the
-# UI's own colour picker sets): fixed colours keep the pictures alike from one take to the next
-RUN_COLORS = {"base": "#1f77b4", "lr": "#ff7f0e", "mlp": "#2ca02c"}
 RUN_TABLE_COLUMNS_OFF = ["Dataset", "Source", "Models"]
 RUN_TABLE_COLUMNS_ON = ["accuracy", "model.name", "model.lr", "mlfork.overrides"]
 
@@ -124,9 +115,22 @@ class Shooter:
         self.url = url
 
     def open(self, route: str, height: int) -> None:
+        """`route` in the UI, in the view `mlfork ui`'s address asks for."""
         self.page.set_viewport_size({"width": WIDTH, "height": height})
-        self.page.goto(f"{self.url}/#{route}")
-        self.page.add_style_tag(content=HIDE_ASSISTANT_BUTTON)
+        sep = "&" if "?" in route else "?"
+        self.page.goto(f"{self.url}/#{route}{sep}{TRAINING_VIEW}")
+        self.close_assistant()
+
+    def close_assistant(self) -> None:
+        """The MLflow Assistant side panel opens itself on a first visit: close it, as a
+        user would (its close button)."""
+        close = self.page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
+        try:
+            close.wait_for(timeout=3000)
+        except Exception:  # noqa: BLE001 - not shown: nothing to close
+            return
+        close.click()
+        close.wait_for(state="hidden")
 
     def text(self, text: str) -> Any:
         return self.page.get_by_text(text, exact=True).first
@@ -138,12 +142,26 @@ class Shooter:
         self.page.screenshot(path=str(target))
         print(f"wrote {target.relative_to(HERE.parent)}", file=sys.stderr)
 
-    def run_list(self, exp_id: str) -> None:
-        """The experiment's runs table, forks expanded under base, with a few useful columns.
-        The column choice, widths and expansion persist in the page's local storage, so the
-        chart view opened next shows the same nesting."""
+    def check_training_view(self) -> None:
+        """The page is in the UI's "Model training" view: its navigation lists Runs,
+        Models and the Model registry, not GenAI's Sessions and Judges."""
+        nav = self.page.locator("nav, aside, [class*=sidebar], body").first
+        for item in ("Runs", "Models", "Model registry"):
+            self.page.get_by_role("link", name=item, exact=True).first.wait_for()
+        for item in ("Sessions", "Judges"):
+            if self.page.get_by_role("link", name=item, exact=True).count():
+                raise SystemExit(f"the UI did not open in its Model training view: '{item}'"
+                                 f" is in its navigation ({nav.inner_text()[:200]!r})")
+
+    def run_list(self, link: str) -> None:
+        """The experiment's runs table at `link`, forks expanded under base, with a few
+        useful columns. The column choice, widths and expansion persist in the page's local
+        storage, so the chart view opened next shows the same nesting."""
         page = self.page
-        self.open(f"/experiments/{exp_id}/runs", height=440)
+        page.set_viewport_size({"width": WIDTH, "height": 440})
+        page.goto(link)
+        self.close_assistant()
+        self.check_training_view()
         base_row = page.locator(
             "[role=row]", has=page.get_by_role("link", name="base", exact=True)).first
         base_row.wait_for()
@@ -186,9 +204,15 @@ class Shooter:
         self.save("ui-fork-note.png")
 
 
-def shoot(chromium: str, url: str, exp_id: str, ids: dict[str, str]) -> None:
+def shoot(chromium: str, link: str) -> None:
+    """The three pictures, starting from `link`, the address `mlfork ui` printed."""
     from playwright.sync_api import sync_playwright
 
+    url, route = link.split("/#/", 1)
+    exp_id = route.split("/")[1]
+    runs = api(url, "runs/search", {"experiment_ids": [exp_id]})["runs"]
+    ids = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "mlfork.run"):
+           r["info"]["run_id"] for r in runs}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -196,29 +220,18 @@ def shoot(chromium: str, url: str, exp_id: str, ids: dict[str, str]) -> None:
                 viewport={"width": WIDTH, "height": 850}, locale="en-US", timezone_id="UTC",
                 color_scheme="light")
             context.set_default_timeout(60_000)
-            context.add_init_script(QUIET_UI)
             shooter = Shooter(context.new_page(), url)
-            shooter.run_list(exp_id)
+            shooter.run_list(link)
             shooter.chart_view(exp_id)
             shooter.fork_page(exp_id, ids["lr"])
         finally:
             browser.close()
 
 
-def shoot_project(chromium: str, url: str, experiment: str) -> None:
-    exp = api(url, "experiments/get-by-name", experiment_name=experiment)["experiment"]
-    runs = api(url, "runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
-    ids = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "mlfork.run"):
-           r["info"]["run_id"] for r in runs}
-    for name, color in RUN_COLORS.items():
-        api(url, "runs/set-tag", {"run_id": ids[name], "key": "mlflow.runColor", "value": color})
-    shoot(chromium, url, exp["experiment_id"], ids)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="shoot an already running `mlfork ui` of a demo project "
-                        "built as here (e.g. http://127.0.0.1:5000) instead of building one")
+                        "built as here, at the address it printed, instead of building one")
     args = parser.parse_args()
     try:
         import playwright.sync_api  # noqa: F401
@@ -233,7 +246,7 @@ def main() -> None:
         raise SystemExit("needs Debian's chromium: apt-get install chromium")
     OUT.mkdir(exist_ok=True)
     if args.url:
-        shoot_project(chromium, args.url.rstrip("/"), "mlfork-demo")
+        shoot(chromium, args.url)
         return
     with tempfile.TemporaryDirectory(prefix="mlfork-shots-") as tmp:
         env = {
@@ -250,10 +263,12 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(["mlfork", "ui", "--port", str(port)], cwd=root, env=env,
-                                  stdout=subprocess.DEVNULL, start_new_session=True)
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
+            assert server.stdout is not None
+            link = server.stdout.readline().strip()  # the address a user is told to open
             wait_healthy(url, server)
-            shoot_project(chromium, url, root.name)
+            shoot(chromium, link)
         finally:
             stop_group(server)
 

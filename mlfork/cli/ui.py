@@ -20,6 +20,7 @@ from mlfork.cli._output import emit_json, note
 def command(port: int | None, print_only: bool, as_json: bool) -> None:
     """Start the MLflow UI on 127.0.0.1 for the project's tracking store and print its address.
 
+    The address printed opens the project's experiment in the UI's "Model training" view.
     Forks are nested under their parents in the run list (with no search filter and the
     default sort); filter `tags.mlfork.root_run = 'base'` shows one lineage. Ctrl-C stops it.
     """
@@ -29,14 +30,15 @@ def command(port: int | None, print_only: bool, as_json: bool) -> None:
     if as_json:
         emit_json(p.to_dict())
     else:
-        click.echo(p.url)
+        click.echo(p.open)
     if p.waiting:
         note(f"mlfork: {p.waiting} tracking write(s) are still on their way to the store (in"
              " the background): the UI may lag git until they land ('mlfork sync' waits)")
     if not p.argv:
-        note(f"the tracking store is a server: open {p.url}")
+        note(f"the tracking store is a server: open {p.open}")
         return
-    note(f"MLflow UI for {p.uri} (experiment '{p.experiment}') at {p.url}; Ctrl-C stops it")
+    note(f"MLflow UI for {p.uri} (experiment '{p.experiment}') at {p.url}; open {p.open};"
+         " Ctrl-C stops it")
     if print_only:
         note("command: " + " ".join(p.argv))
         return
