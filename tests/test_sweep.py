@@ -64,18 +64,26 @@ def no_worktrees(root: Path) -> None:
     assert not list((root / "ml/.mlfork/local/worktrees").glob("*"))
 
 
-def test_a_sweep_runs_three_forks_two_at_a_time(monorepo: Path, tmp_path: Path) -> None:
-    """`mlfork sweep --from base --from-iteration 0 lr=0.3,0.5,0.7 --jobs 2` from `main`:
-    three forks named after their values, each with its own iteration 1 (its score says
-    which lr it ran with), three MLflow runs nested under `base`, the workspace untouched
-    and no worktree left."""
+EXECUTORS = {
+    "local": (),
+    "submitit": ("--executor", "submitit", "--executor-param", "cluster=local"),
+}
+
+
+@pytest.mark.parametrize("executor", sorted(EXECUTORS))
+def test_a_sweep_runs_three_forks_two_at_a_time(monorepo: Path, tmp_path: Path,
+                                                executor: str) -> None:
+    """`mlfork sweep --from base --from-iteration 0 lr=0.3,0.5,0.7 --jobs 2` from `main`,
+    on local processes and on submitit's local executor: three forks named after their
+    values, each with its own iteration 1 (its score says which lr it ran with), three
+    MLflow runs nested under `base`, the workspace untouched and no worktree left."""
     root = copy_project(monorepo, tmp_path / "repo")
     ml = root / "ml"
     before = workspace(root)
     proc = ok(cli(ml, "sweep", "--from", "base", "--from-iteration", "0", "lr=0.3,0.5,0.7",
-                  "--jobs", "2", "--json"))
+                  "--jobs", "2", *EXECUTORS[executor], "--json"))
     result = json.loads(proc.stdout)
-    assert (result["executor"], result["parallel"], result["failed"]) == ("local", 2, [])
+    assert (result["executor"], result["parallel"], result["failed"]) == (executor, 2, [])
     names = ["base-lr0.3", "base-lr0.5", "base-lr0.7"]
     assert [job["run"] for job in result["jobs"]] == names
     assert workspace(root) == before
@@ -99,13 +107,15 @@ def test_a_sweep_runs_three_forks_two_at_a_time(monorepo: Path, tmp_path: Path) 
         assert log.split()[0] == name
 
 
-def test_resume_jobs_on_submitit_goes_on_past_a_failed_job(
-    monorepo: Path, tmp_path: Path
+@pytest.mark.parametrize("executor", sorted(EXECUTORS))
+def test_resume_jobs_goes_on_past_a_failed_job(
+    monorepo: Path, tmp_path: Path, executor: str
 ) -> None:
     """Forks made with `sweep --no-run` (one of them with a value its stage cannot use),
-    then `mlfork resume A B C --jobs 2 --executor submitit --executor-param cluster=local`:
-    two complete, the failed one is reported with its log and resume command (exit 19),
-    its branch keeps the fork point, nothing is left in the workspace or in worktrees."""
+    then `mlfork resume A B C --jobs 2` (local processes; submitit's local executor): two
+    complete, the failed one is reported with its log and resume command (exit 19), its
+    branch keeps what it committed before the failure, nothing is left in the workspace or
+    in worktrees."""
     root = copy_project(monorepo, tmp_path / "repo")
     ml = root / "ml"
     made = json.loads(ok(cli(ml, "sweep", "--from", "base", "--from-iteration", "0",
@@ -117,13 +127,12 @@ def test_resume_jobs_on_submitit_goes_on_past_a_failed_job(
     before = workspace(root)
     tips = {n: git(root, "rev-parse", f"mlfork/{n}").strip() for n in names}
 
-    proc = cli(ml, "resume", *names, "--jobs", "2", "--executor", "submitit",
-               "--executor-param", "cluster=local")
+    proc = cli(ml, "resume", *names, "--jobs", "2", *EXECUTORS[executor])
     assert proc.returncode == 19, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "mlfork: error: 1 of 3 job(s) failed (s-lrboom)")
     assert "go on with: mlfork resume s-lrboom" in proc.stderr
-    assert "submitit, 2 at a time" in proc.stderr
+    assert f"{executor}, 2 at a time" in proc.stderr
     assert workspace(root) == before
     no_worktrees(root)
 

@@ -103,15 +103,6 @@ class GitReader:
             if head.startswith("ref: refs/heads/") and folder.exists():
                 out[head.removeprefix("ref: refs/heads/")] = (folder.resolve(), entry)
         return out
-        for entry in entries:
-            try:
-                head = (entry / "HEAD").read_text(encoding="utf-8").strip()
-                folder = Path((entry / "gitdir").read_text(encoding="utf-8").strip()).parent
-            except OSError:
-                continue
-            if head.startswith("ref: refs/heads/") and folder.exists():
-                out[head.removeprefix("ref: refs/heads/")] = folder
-        return out
 
     def _p(self, path: str) -> str:
         """A project-relative path as the repository names it."""
