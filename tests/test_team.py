@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,11 +130,18 @@ def lock_objects(root: Path, rev: str) -> set[str]:
     return out
 
 
+def experiment_name(url: str, experiment_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return str(MlflowClient(tracking_uri=url).get_experiment(experiment_id).name)
+
+
 def mlflow_runs(url: str, experiment: str | None = None) -> list[dict[str, Any]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=url)
-    exps = client.search_experiments()
+    exps = [e for e in client.search_experiments()
+            if experiment is None or e.name == experiment]
     runs = client.search_runs([e.experiment_id for e in exps], max_results=1000)
     return [{"id": r.info.run_id, "experiment": r.info.experiment_id, "tags": r.data.tags,
              "history": sorted((m.step, m.value) for m in
@@ -159,6 +167,13 @@ def test_two_people_share_runs_through_git_dvc_and_one_server(
     # Alice: her project, the remotes, a run, a push
     mine = copy_project(template, tmp_path / "alice" / "proj")
     sh(alice, mine, "git", "remote", "add", "origin", str(remote))
+    # the team's experiment, named in the policy (each variant its own on the shared server)
+    conf = mine / "conf" / "config.yaml"
+    text, n = re.subn(r"(?m)^  experiment: .*$", f'  experiment: "team-{storage}"',
+                      conf.read_text())
+    assert n == 1
+    conf.write_text(text)
+    sh(alice, mine, "git", "commit", "-qam", "the team's MLflow experiment")
     if storage == "folder":
         sh(alice, mine, "dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store"))
         sh(alice, mine, "git", "commit", "-qam", "the team's DVC remote")
@@ -213,7 +228,7 @@ def test_two_people_share_runs_through_git_dvc_and_one_server(
     # both sync: one experiment, one MLflow run each, Bob's nested under Alice's, his name
     as_(alice, mine, "sync")
     as_(bob, theirs, "sync")
-    found = mlflow_runs(server)
+    found = mlflow_runs(server, f"team-{storage}")
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in found:
         by_name.setdefault(r["tags"]["mlfork.run"], []).append(r)
@@ -221,6 +236,7 @@ def test_two_people_share_runs_through_git_dvc_and_one_server(
     assert all(len(v) == 1 for v in by_name.values()), "no duplicate runs"
     (base,), (lr,) = by_name["base"], by_name["lr"]
     assert base["experiment"] == lr["experiment"]
+    assert experiment_name(server, base["experiment"]) == f"team-{storage}"
     assert lr["tags"]["mlflow.parentRunId"] == base["id"]
     assert lr["tags"]["mlflow.user"] == "Bob" and base["tags"]["mlflow.user"] == "Alice"
     assert [step for step, _ in lr["history"]] == [0, 1, 2]  # one continuous curve
