@@ -309,3 +309,14 @@ class JobsFailed(MlforkError):
             f"{len(failed)} of {total} job(s) failed ({', '.join(failed)}): each line above"
             " names its log and the 'mlfork resume' that goes on from where it stopped"
         )
+
+
+class JobsInterrupted(Interrupted):
+    """`mlfork sweep` or `mlfork resume --jobs` was interrupted: its jobs were stopped."""
+
+    def __init__(self, runs: list[str], jobs: int) -> None:
+        MlforkError.__init__(
+            self,
+            f"interrupted; the running jobs were stopped, everything they committed is kept:"
+            f" run 'mlfork resume {' '.join(runs)} --jobs {jobs}' to go on",
+        )

@@ -6,6 +6,11 @@ with its resume command while the others go on."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +207,81 @@ def test_sweep_names(tmp_path: Path) -> None:
     assert sweep_names("b-", [[("m", "'a b'")], [("m", "ab")]]) == ["b-mab", "b-mab-2"]
     assert sweep_names("", [[("model", "mlp")]]) == ["modelmlp"]
 
+
+
+def in_train(root: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Wait until `n` jobs are in their `train` stage (their worktree's lock says so)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        working = []
+        for lock in (root / ".git" / "worktrees").glob("*/mlfork/project.lock"):
+            try:
+                working.append(json.loads(lock.read_text() or "{}").get("working") or {})
+            except ValueError:
+                continue
+        if sum(w.get("stage") == "train" for w in working) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"the jobs did not start: {working}"
+        time.sleep(0.2)
+
+
+def sweep_in_background(root: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlfork", "sweep", "--from", "base", "--from-iteration", "0",
+         "--name-prefix", "s", "model.lr=0.01,0.02,0.03", "--jobs", "2"],
+        cwd=root, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+
+def test_ctrl_c_stops_the_jobs_and_removes_their_worktrees(
+    delay_project: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while two jobs are in their train stage: the sweep stops them (exit 130, the
+    resume command of the unfinished forks), removes their worktrees, leaves the workspace
+    as it was; the forks then go on with `mlfork resume`."""
+    root = delay_project
+    ok(cli(root, "run", "--name", "base", "--iterations", "2"))
+    before = snapshot(root)["status"]
+    proc = sweep_in_background(root, {"MLFORK_TEST_DELAY": "train:1:120"})
+    in_train(root, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "mlfork: error: interrupted; the running jobs were stopped, everything they committed"
+        " is kept: run 'mlfork resume s-lr0.01 s-lr0.02 s-lr0.03 --jobs 2' to go on")
+    assert git(root, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not list((root / ".mlfork/local/worktrees").glob("*"))
+    assert snapshot(root)["status"] == before
+    listed = runs(root)
+    assert all(listed[n]["status"] != "running" for n in listed)
+    ok(cli(root, "resume", "s-lr0.01", "s-lr0.02", "s-lr0.03", "--jobs", "2"))
+    assert {listed["status"] for listed in runs(root).values()} == {"completed"}
+
+
+def test_a_killed_sweep_leaves_nothing_in_the_way(delay_project: Path, tmp_path: Path) -> None:
+    """The sweep killed (SIGKILL) while its jobs run: each job goes on in its worktree and
+    its run shows as running (a `resume` of it here is refused, exit 12); once the jobs
+    end, the next command removes the worktrees they leave and works."""
+    root = delay_project
+    ok(cli(root, "run", "--name", "base", "--iterations", "2"))
+    proc = sweep_in_background(root, {"MLFORK_TEST_DELAY": "train:1:6"})
+    in_train(root, 2, proc)
+    proc.kill()
+    proc.communicate()
+    assert runs(root)["s-lr0.01"]["status"] == "running"
+    busy = cli(root, "resume", "s-lr0.01")
+    assert busy.returncode == 12 and "checked out in the worktree" in busy.stderr
+    deadline = time.monotonic() + 120
+    while any(r["status"] == "running" for r in runs(root).values()):
+        assert time.monotonic() < deadline, runs(root)
+        time.sleep(0.5)
+    listed = runs(root)
+    assert listed["s-lr0.01"]["status"] == listed["s-lr0.02"]["status"] == "completed"
+    ok(cli(root, "resume", "s-lr0.03"))  # the third never started; the stale worktrees go
+    ok(cli(root, "rm", "s-lr0.01"))
+    assert git(root, "worktree", "list", "--porcelain").count("worktree ") <= 2
+    git(root, "switch", "-q", "main")  # resume ran s-lr0.03 here: it is checked out
+    ok(cli(root, "resume", "s-lr0.02", "s-lr0.03", "--jobs", "2"))  # nothing left to do
+    assert git(root, "worktree", "list", "--porcelain").count("worktree ") == 1

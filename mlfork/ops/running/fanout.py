@@ -272,11 +272,15 @@ def _drive(project: Project, names: list[str], parallel: int, runner: Any,
                 progress(Event("note", name, message=_summary(done[name])))
             if active:
                 time.sleep(POLL)
-    except BaseException:
+    except BaseException as exc:
         for handle, _ in active.values():
             runner.stop(handle)
         for name in active:
             _remove(project, name)
+        if isinstance(exc, KeyboardInterrupt):
+            from mlfork.errors import JobsInterrupted
+
+            raise JobsInterrupted([n for n in names if n not in done], parallel) from None
         raise
     return [done[name] for name in names]
 
