@@ -1,0 +1,200 @@
+"""Exact resume for stage scripts: the whole training state in one file, saved and loaded in
+one call each (issue 12, first part: Python's `random`, NumPy and `state_dict()` objects;
+PyTorch's tensors and RNGs are not handled yet).
+
+    from mlfork import state
+
+    state.seed_everything(0)
+    rng = np.random.default_rng(0)
+    if resume_path.exists():
+        counters = state.load(resume_path, generators={"data": rng}, model=model)
+    ...
+    state.save(out_path, step=step, epoch=epoch, generators={"data": rng}, model=model)
+
+What it holds: the states of Python's `random` and of NumPy's legacy global generator, of
+every `numpy.random.Generator` passed in `generators`, of every object passed by keyword
+that has `state_dict()`/`load_state_dict()` (a model, an optimizer, a scheduler of your own),
+the counters (`step`, `epoch`, `samples`), and `PYTHONHASHSEED` (a warning at load time when
+it differs). The file is a zip of NumPy `.npy` arrays and one JSON document: loading it
+unpickles nothing, and the same state always gives the same bytes (so checkpoint hashes
+compare, as `mlfork verify` does).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+FORMAT = "mlfork.state/1"
+_STAMP = (1980, 1, 1, 0, 0, 0)  # every zip entry's time: the same state, the same bytes
+
+
+class StateError(ValueError):
+    """A state file that cannot be loaded into what was given (named in the message)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random` and NumPy's legacy global generator with `seed`. (Set
+    PYTHONHASHSEED in the stage's environment too: mlfork sets it from the config's
+    `seed` for the stages it runs.)"""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def save(
+    path: str | os.PathLike[str],
+    *,
+    step: int = 0,
+    epoch: int = 0,
+    samples: int = 0,
+    generators: Mapping[str, Any] | None = None,
+    **objects: Any,
+) -> None:
+    """Write the training state to `path` (atomically: a reader never sees half a file)."""
+    import numpy as np
+
+    arrays: list[Any] = []
+    tree = {
+        "random": _encode(random.getstate(), arrays),
+        "numpy": _encode(np.random.get_state(legacy=True), arrays),
+        "generators": {name: _encode(gen.bit_generator.state, arrays)
+                       for name, gen in sorted((generators or {}).items())},
+        "objects": {name: _encode(_state_of(name, obj), arrays)
+                    for name, obj in sorted(objects.items())},
+        "counters": {"step": int(step), "epoch": int(epoch), "samples": int(samples)},
+        "determinism": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED")},
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        doc = {"format": FORMAT, "state": tree}
+        _entry(zf, "state.json", json.dumps(doc, sort_keys=True, indent=1).encode("utf-8"))
+        for i, array in enumerate(arrays):
+            out = io.BytesIO()
+            np.save(out, array, allow_pickle=False)
+            _entry(zf, f"arrays/{i:06d}.npy", out.getvalue())
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, target)
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    generators: Mapping[str, Any] | None = None,
+    **objects: Any,
+) -> dict[str, int]:
+    """Put the state of `path` back: Python's `random`, NumPy's global generator, each
+    generator and object named as when it was saved. Returns the counters (step, epoch,
+    samples). StateError names what is missing or extra."""
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            doc = json.loads(zf.read("state.json"))
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise StateError(f"{path}: not an {FORMAT} file")
+            arrays = [np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
+                      for name in sorted(n for n in zf.namelist() if n.startswith("arrays/"))]
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
+        if isinstance(exc, StateError):
+            raise
+        raise StateError(f"{path}: cannot be read as a training state ({exc})") from exc
+    tree = doc["state"]
+    _match("generator", tree["generators"], generators or {}, path)
+    _match("object", tree["objects"], objects, path)
+    random.setstate(_decode(tree["random"], arrays))
+    np.random.set_state(_decode(tree["numpy"], arrays))
+    for name, gen in (generators or {}).items():
+        gen.bit_generator.state = _decode(tree["generators"][name], arrays)
+    for name, obj in objects.items():
+        obj.load_state_dict(_decode(tree["objects"][name], arrays))
+    saved = tree["determinism"].get("PYTHONHASHSEED")
+    now = os.environ.get("PYTHONHASHSEED")
+    if saved != now:
+        warnings.warn(f"{path} was saved with PYTHONHASHSEED={saved}, this process has {now}:"
+                      " anything that iterates over a set of strings may differ", stacklevel=2)
+    return {k: int(v) for k, v in tree["counters"].items()}
+
+
+def _state_of(name: str, obj: Any) -> Any:
+    if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+        raise StateError(f"'{name}' has no state_dict()/load_state_dict(): pass objects that"
+                         " do, and NumPy generators in generators={...}")
+    return obj.state_dict()
+
+
+def _match(kind: str, saved: Mapping[str, Any], given: Mapping[str, Any], path: Any) -> None:
+    missing, extra = sorted(set(saved) - set(given)), sorted(set(given) - set(saved))
+    if missing or extra:
+        raise StateError(f"{path}: the {kind}s saved are {sorted(saved)}, the ones given"
+                         f" {sorted(given)}: pass the same names as when it was saved")
+
+
+def _entry(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_STAMP)
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
+
+
+def _encode(value: Any, arrays: list[Any]) -> Any:
+    """JSON for `value`, its arrays (and NumPy scalars, as 0-d arrays) set aside, floats
+    exact (as hex), tuples and non-string keys kept."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray | np.generic):
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise StateError("an array of Python objects cannot be saved without pickling")
+        arrays.append(array)
+        return {"__array__": len(arrays) - 1, "scalar": isinstance(value, np.generic)}
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return {"__float__": value.hex()}
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, arrays) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) for k in value):
+            return {"__dict__": [[k, _encode(v, arrays)] for k, v in value.items()]}
+        return {"__map__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    raise StateError(f"cannot save a {type(value).__name__} without pickling it: give its"
+                     " state as arrays, numbers, strings, lists, tuples and dicts")
+
+
+def _decode(value: Any, arrays: list[Any]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__array__" in value:
+        array = arrays[value["__array__"]]
+        return array[()] if value.get("scalar") else array
+    if "__float__" in value:
+        return float.fromhex(value["__float__"])
+    if "__bytes__" in value:
+        return base64.b64decode(value["__bytes__"])
+    if "__tuple__" in value:
+        return tuple(_decode(v, arrays) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {k: _decode(v, arrays) for k, v in value["__dict__"]}
+    if "__map__" in value:
+        return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__map__"]}
+    raise StateError(f"unknown entry in a state file: {sorted(value)[:3]}")
