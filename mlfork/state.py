@@ -1,6 +1,5 @@
 """Exact resume for stage scripts: the whole training state in one file, saved and loaded in
-one call each (issue 12, first part: Python's `random`, NumPy and `state_dict()` objects;
-PyTorch's tensors and RNGs are not handled yet).
+one call each.
 
     from mlfork import state
 
@@ -12,12 +11,17 @@ PyTorch's tensors and RNGs are not handled yet).
     state.save(out_path, step=step, epoch=epoch, generators={"data": rng}, model=model)
 
 What it holds: the states of Python's `random` and of NumPy's legacy global generator, of
-every `numpy.random.Generator` passed in `generators`, of every object passed by keyword
-that has `state_dict()`/`load_state_dict()` (a model, an optimizer, a scheduler of your own),
-the counters (`step`, `epoch`, `samples`), and `PYTHONHASHSEED` (a warning at load time when
-it differs). The file is a zip of NumPy `.npy` arrays and one JSON document: loading it
-unpickles nothing, and the same state always gives the same bytes (so checkpoint hashes
-compare, as `mlfork verify` does).
+every generator passed in `generators` (a `numpy.random.Generator`, or a `torch.Generator`
+such as a DataLoader's), of every object passed by keyword that has
+`state_dict()`/`load_state_dict()` (a model, an optimizer, a scheduler, an AMP scaler), the
+counters (`step`, `epoch`, `samples`), and the determinism settings (`PYTHONHASHSEED`; with
+PyTorch, `torch.use_deterministic_algorithms`, cuDNN's flags and `CUBLAS_WORKSPACE_CONFIG`):
+a warning at load time names any that differ. With PyTorch imported by the script, torch's
+CPU generator and every CUDA device's are saved too, and tensors anywhere in a state
+(kept with their dtype; loaded on the CPU, where `load_state_dict` moves them). The file is
+a zip of NumPy `.npy` arrays and one JSON document: loading it unpickles nothing, and the
+same state always gives the same bytes (so checkpoint hashes compare, as `mlfork verify`
+does). PyTorch is never imported by this module: it is used when the script has imported it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import io
 import json
 import os
 import random
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -42,13 +47,17 @@ class StateError(ValueError):
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's `random` and NumPy's legacy global generator with `seed`. (Set
+    """Seed Python's `random`, NumPy's legacy global generator and (when the script has
+    imported it) PyTorch's generators with `seed`. (Set
     PYTHONHASHSEED in the stage's environment too: mlfork sets it from the config's
     `seed` for the stages it runs.)"""
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    torch = _torch()
+    if torch is not None:
+        torch.manual_seed(seed)  # the CPU generator and every CUDA device's
 
 
 def save(
@@ -67,12 +76,13 @@ def save(
     tree = {
         "random": _encode(random.getstate(), arrays),
         "numpy": _encode(np.random.get_state(legacy=True), arrays),
-        "generators": {name: _encode(gen.bit_generator.state, arrays)
+        "generators": {name: _encode(_generator_state(gen), arrays)
                        for name, gen in sorted((generators or {}).items())},
         "objects": {name: _encode(_state_of(name, obj), arrays)
                     for name, obj in sorted(objects.items())},
+        "torch": _encode(_torch_rng(), arrays),
         "counters": {"step": int(step), "epoch": int(epoch), "samples": int(samples)},
-        "determinism": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED")},
+        "determinism": _determinism(),
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -117,15 +127,75 @@ def load(
     random.setstate(_decode(tree["random"], arrays))
     np.random.set_state(_decode(tree["numpy"], arrays))
     for name, gen in (generators or {}).items():
-        gen.bit_generator.state = _decode(tree["generators"][name], arrays)
+        _set_generator_state(gen, _decode(tree["generators"][name], arrays))
     for name, obj in objects.items():
         obj.load_state_dict(_decode(tree["objects"][name], arrays))
-    saved = tree["determinism"].get("PYTHONHASHSEED")
-    now = os.environ.get("PYTHONHASHSEED")
-    if saved != now:
-        warnings.warn(f"{path} was saved with PYTHONHASHSEED={saved}, this process has {now}:"
-                      " anything that iterates over a set of strings may differ", stacklevel=2)
+    _set_torch_rng(_decode(tree.get("torch"), arrays), path)
+    now = _determinism()
+    for key, saved in sorted((tree.get("determinism") or {}).items()):
+        if key in now and now[key] != saved:
+            warnings.warn(f"{path} was saved with {key}={saved}, this process has"
+                          f" {now[key]}: the run may not go on bit for bit", stacklevel=2)
     return {k: int(v) for k, v in tree["counters"].items()}
+
+
+def _torch() -> Any:
+    """PyTorch, if the script has imported it (this module never imports it itself)."""
+    return sys.modules.get("torch")
+
+
+def _generator_state(gen: Any) -> Any:
+    if hasattr(gen, "bit_generator"):  # numpy.random.Generator
+        return {"numpy": gen.bit_generator.state}
+    if hasattr(gen, "get_state") and hasattr(gen, "set_state"):  # torch.Generator
+        return {"torch": gen.get_state()}
+    raise StateError(f"a {type(gen).__name__} is not a generator: pass numpy.random.Generator"
+                     " or torch.Generator objects in generators={...}")
+
+
+def _set_generator_state(gen: Any, saved: dict[str, Any]) -> None:
+    if "numpy" in saved and hasattr(gen, "bit_generator"):
+        gen.bit_generator.state = saved["numpy"]
+    elif "torch" in saved and hasattr(gen, "set_state"):
+        gen.set_state(saved["torch"])
+    else:
+        raise StateError(f"the generator saved is a {next(iter(saved))} one, the one given a"
+                         f" {type(gen).__name__}")
+
+
+def _torch_rng() -> Any:
+    torch = _torch()
+    if torch is None:
+        return None
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), "cuda": list(cuda)}
+
+
+def _set_torch_rng(saved: Any, path: Any) -> None:
+    torch = _torch()
+    if not saved or torch is None:
+        return
+    torch.set_rng_state(saved["cpu"])
+    cuda = list(saved.get("cuda") or [])
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda and available == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda or available:
+        warnings.warn(f"{path} holds the generator states of {len(cuda)} CUDA device(s), this"
+                      f" process has {available}: their random numbers will differ",
+                      stacklevel=3)
+
+
+def _determinism() -> dict[str, Any]:
+    out: dict[str, Any] = {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED")}
+    torch = _torch()
+    if torch is not None:
+        out["torch.use_deterministic_algorithms"] = bool(
+            torch.are_deterministic_algorithms_enabled())
+        out["torch.backends.cudnn.deterministic"] = bool(torch.backends.cudnn.deterministic)
+        out["torch.backends.cudnn.benchmark"] = bool(torch.backends.cudnn.benchmark)
+        out["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    return out
 
 
 def _state_of(name: str, obj: Any) -> Any:
@@ -153,6 +223,16 @@ def _encode(value: Any, arrays: list[Any]) -> Any:
     exact (as hex), tuples and non-string keys kept."""
     import numpy as np
 
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu").contiguous()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, as int16
+            array = tensor.view(torch.int16).numpy().copy()
+        else:
+            array = tensor.numpy().copy()
+        arrays.append(array)
+        return {"__tensor__": len(arrays) - 1, "dtype": dtype}
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
         if array.dtype == object:
@@ -187,6 +267,14 @@ def _decode(value: Any, arrays: list[Any]) -> Any:
     if "__array__" in value:
         array = arrays[value["__array__"]]
         return array[()] if value.get("scalar") else array
+    if "__tensor__" in value:
+        torch = _torch()
+        if torch is None:
+            raise StateError("the state holds PyTorch tensors: import torch before loading it")
+        tensor = torch.from_numpy(arrays[value["__tensor__"]].copy())
+        if value["dtype"] == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor
     if "__float__" in value:
         return float.fromhex(value["__float__"])
     if "__bytes__" in value:
