@@ -247,7 +247,8 @@ def test_the_environment_diff_has_one_line_per_differing_field() -> None:
     assert lines == [
         f"python: '2.7.18' -> '{current['python']}'",
         f"packages.mlflow: '0.0.1' -> '{current['packages']['mlflow']}'",
-        *([] if "torch" in current["packages"] else ["packages.torch: '1.0.0' -> absent"]),
+        "packages.torch: '1.0.0' -> "
+        + (f"'{current['packages']['torch']}'" if "torch" in current["packages"] else "absent"),
         f"packages_hash: '000000000000' -> '{current['packages_hash'][:12]}'",
     ]
 
