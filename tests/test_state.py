@@ -85,13 +85,18 @@ np.save(path + ".w.npy", model.w)
 '''
 
 
-def train(tmp: Path, mode: str, steps: int, name: str) -> bytes:
+def run_script(tmp: Path, text: str, mode: str, count: int, name: str) -> None:
+    """A training script in a process of its own: MODE (fresh, resume, naive) COUNT PATH."""
     script = tmp / "train.py"
-    script.write_text(TRAIN)
-    proc = subprocess.run([sys.executable, str(script), mode, str(steps), str(tmp / name)],
+    script.write_text(text)
+    proc = subprocess.run([sys.executable, str(script), mode, str(count), str(tmp / name)],
                           capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONHASHSEED": "0"})
     assert proc.returncode == 0, proc.stderr
+
+
+def train(tmp: Path, mode: str, steps: int, name: str) -> bytes:
+    run_script(tmp, TRAIN, mode, steps, name)
     return (tmp / f"{name}.w.npy").read_bytes()
 
 
@@ -213,12 +218,7 @@ state.save(path + ".ckpt", epoch=start + epochs, generators={"loader": loader_rn
 
 
 def torch_train(tmp: Path, mode: str, epochs: int, name: str) -> bytes:
-    script = tmp / "train_torch.py"
-    script.write_text(TORCH_TRAIN)
-    proc = subprocess.run([sys.executable, str(script), mode, str(epochs), str(tmp / name)],
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONHASHSEED": "0"})
-    assert proc.returncode == 0, proc.stderr
+    run_script(tmp, TORCH_TRAIN, mode, epochs, name)
     return (tmp / f"{name}.ckpt").read_bytes()
 
 
