@@ -208,14 +208,19 @@ class Tracker:
         run_id = self.find_run(w.experiment, w.run)
         if run_id is not None:
             return run_id
-        created = self.call(
-            "create a run",
-            self.client.create_run,
-            self.experiment_id(w.experiment),
-            start_time=w.start_time,
-            tags={naming.TAG_RUN: w.run},
-            run_name=w.run,
-        )
+        with self._creating():  # one creator at a time on this machine's embedded store
+            found = self._candidates(w.experiment, w.run)
+            if found:  # another process created it meanwhile
+                self._remember(w.experiment, w.run, found[0])
+                return str(found[0].info.run_id)
+            created = self.call(
+                "create a run",
+                self.client.create_run,
+                self.experiment_id(w.experiment),
+                start_time=w.start_time,
+                tags={naming.TAG_RUN: w.run},
+                run_name=w.run,
+            )
         mine = created.info.run_id
         found = self._candidates(w.experiment, w.run)
         canonical = found[0].info.run_id if found else mine
@@ -224,6 +229,26 @@ class Tracker:
         self._runs[(w.experiment, w.run)] = canonical
         self._known.pop((w.experiment, w.run), None)
         return str(canonical)
+
+    @contextlib.contextmanager
+    def _creating(self) -> Any:
+        """Serialize run creation among the processes writing one embedded store (the
+        jobs of a sweep, a background delivery): two that both found no run would each
+        create one, and a writer that looked before the other's existed keeps its own. A
+        tracking server's writers cannot be serialized here: `sync` repairs what they
+        leave."""
+        db = sqlite_path(self.uri)
+        if db is None:
+            yield
+            return
+        import fcntl
+
+        with open(Path(db).with_name(Path(db).name + ".create-lock"), "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def repair_duplicates(self, experiment: str) -> int:
         """Delete every non-canonical MLflow run of an mlfork run that has several (left by
