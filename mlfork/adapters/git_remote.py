@@ -25,7 +25,8 @@ class PushedRef:
         return self.flag != "!"
 
 
-def _git(workdir: Path, *args: str, what: str) -> subprocess.CompletedProcess[str]:
+def run_git(workdir: Path, *args: str, what: str) -> subprocess.CompletedProcess[str]:
+    """`git ARGS` in `workdir`, never prompting; GitError if git cannot be run at all."""
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
     try:
         return subprocess.run(["git", *args], cwd=workdir, capture_output=True, text=True,
@@ -34,14 +35,15 @@ def _git(workdir: Path, *args: str, what: str) -> subprocess.CompletedProcess[st
         raise GitError(f"could not run git to {what}: {exc}") from exc
 
 
-def _first_error(proc: subprocess.CompletedProcess[str]) -> str:
+def first_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The line of git's stderr that says what went wrong."""
     lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
     fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
     return (fatal or lines or [f"exit status {proc.returncode}"])[0]
 
 
 def remotes(workdir: Path) -> list[str]:
-    proc = _git(workdir, "remote", what="list the remotes")
+    proc = run_git(workdir, "remote", what="list the remotes")
     return sorted(proc.stdout.split()) if proc.returncode == 0 else []
 
 
@@ -69,7 +71,7 @@ def push(workdir: Path, remote: str, refspecs: list[str]) -> list[PushedRef]:
     rejected ref is reported, not raised; a remote that cannot be reached raises."""
     if not refspecs:
         return []
-    proc = _git(workdir, "push", "--porcelain", remote, *refspecs, what=f"push to {remote}")
+    proc = run_git(workdir, "push", "--porcelain", remote, *refspecs, what=f"push to {remote}")
     out = []
     for line in proc.stdout.splitlines():
         if "\t" not in line:
@@ -78,13 +80,13 @@ def push(workdir: Path, remote: str, refspecs: list[str]) -> list[PushedRef]:
         local, _, target = refs.partition(":")
         out.append(PushedRef(local, target, flag[:1] or " ", summary.strip()))
     if proc.returncode != 0 and not any(not r.ok for r in out):
-        raise GitError(f"git push to '{remote}' failed: {_first_error(proc)}")
+        raise GitError(f"git push to '{remote}' failed: {first_error(proc)}")
     return out
 
 
 def fetch(workdir: Path, remote: str, refspecs: list[str]) -> None:
     """`git fetch REMOTE REFSPEC...` into remote-tracking refs (no local branch changes)."""
-    proc = _git(workdir, "fetch", "--no-tags", "--prune", remote, *refspecs,
+    proc = run_git(workdir, "fetch", "--no-tags", "--prune", remote, *refspecs,
                 what=f"fetch from {remote}")
     if proc.returncode != 0:
-        raise GitError(f"git fetch from '{remote}' failed: {_first_error(proc)}")
+        raise GitError(f"git fetch from '{remote}' failed: {first_error(proc)}")

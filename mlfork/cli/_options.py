@@ -69,3 +69,20 @@ def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Run at most J at a time (default: one per CPU).",
     )(fn)
     return fn
+
+
+def fork_point_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--from, --from-iteration and --from-step: the checkpoint a fork starts at."""
+    fn = click.option(
+        "--from-step", default=None, metavar="STEP",
+        help="Fork after stage STEP (of iteration N, or of the last iteration that ran it).",
+    )(fn)
+    fn = click.option(
+        "--from-iteration", type=int, default=None, metavar="N",
+        help="Fork at the end of iteration N (default: the latest checkpoint).",
+    )(fn)
+    fn = click.option(
+        "--from", "source", default=None, metavar="RUN",
+        help="Run to fork: name, branch or unique prefix (default: the run checked out).",
+    )(fn)
+    return fn

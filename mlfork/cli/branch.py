@@ -6,17 +6,19 @@ import sys
 
 import click
 
-from mlfork.cli._options import MAX_ITERATIONS, json_option, runtime_options, verbose, wait_option
+from mlfork.cli._options import (
+    MAX_ITERATIONS,
+    fork_point_options,
+    json_option,
+    runtime_options,
+    verbose,
+    wait_option,
+)
 from mlfork.cli._output import ProgressView, emit_json, note, render_run_result
 
 
 @click.command("branch")
-@click.option("--from", "source", default=None, metavar="RUN",
-              help="Run to fork: name, branch or unique prefix (default: the run checked out).")
-@click.option("--from-iteration", type=int, default=None, metavar="N",
-              help="Fork at the end of iteration N (default: the latest checkpoint).")
-@click.option("--from-step", default=None, metavar="STEP",
-              help="Fork after stage STEP (of iteration N, or of the last iteration that ran it).")
+@fork_point_options
 @click.option("--name", default=None, help="The fork's run name (default <run>-fork-<k>).")
 @click.option("--iterations", "-n", type=click.IntRange(min=0, max=MAX_ITERATIONS), default=None,
               metavar="K",

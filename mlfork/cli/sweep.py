@@ -9,6 +9,7 @@ import click
 from mlfork.cli._options import (
     MAX_ITERATIONS,
     executor_options,
+    fork_point_options,
     json_option,
     runtime_options,
     wait_option,
@@ -17,12 +18,7 @@ from mlfork.cli._output import ProgressView, emit_json, render_jobs
 
 
 @click.command("sweep")
-@click.option("--from", "source", default=None, metavar="RUN",
-              help="Run to fork: name, branch or unique prefix (default: the run checked out).")
-@click.option("--from-iteration", type=int, default=None, metavar="N",
-              help="Fork at the end of iteration N (default: the latest checkpoint).")
-@click.option("--from-step", default=None, metavar="STEP",
-              help="Fork after stage STEP (of iteration N, or of the last iteration that ran it).")
+@fork_point_options
 @click.option("--name-prefix", default=None, metavar="P",
               help="Start the forks' names with P (default: '<run>-'); the rest says the"
                    " swept values (base-lr0.1-seed2).")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -103,17 +102,12 @@ def remove(project: Project, folder: Path) -> None:
 
 
 def _git(project: Project, *args: str, what: str, check: bool = True) -> None:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    from mlfork.adapters.git_remote import first_error, run_git
+
     for attempt in range(3):  # git's own index.lock / worktree locks: brief races
-        try:
-            proc = subprocess.run(["git", *args], cwd=project.git.workdir, env=env,
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  check=False)
-        except OSError as exc:
-            raise GitError(f"could not run git to {what}: {exc}") from exc
+        proc = run_git(project.git.workdir, *args, what=what)
         if proc.returncode == 0 or not check:
             return
         if "lock" not in proc.stderr or attempt == 2:
-            lines = [line for line in proc.stderr.splitlines() if line.strip()]
-            raise GitError(f"could not {what}: {(lines or ['git failed'])[0]}")
+            raise GitError(f"could not {what}: {first_error(proc)}")
         time.sleep(0.2)

@@ -384,13 +384,18 @@ def _rel(project: Project, path: Path) -> str:
 JOB = ["-m", "mlfork.ops.running.fanout"]  # a job's process: `job` below
 
 
+def _log(log: Path, args: list[str]) -> Any:
+    """A job's log, opened for appending, with a line saying what starts now."""
+    fh = open(log, "ab")  # noqa: SIM115 - the caller's with-block closes it
+    fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mlfork {' '.join(args)}\n".encode())
+    fh.flush()
+    return fh  # a job's process: `job` below
+
+
 def job_main(cwd: str, args: list[str], log: str, env: dict[str, str]) -> int:
     """One job, wherever the executor runs it (submitit pickles this function): `job` in
     `cwd`, its output appended to `log`. Its exit status is the job's."""
-    with open(log, "ab") as fh:
-        fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mlfork {' '.join(args)}\n"
-                 .encode())
-        fh.flush()
+    with _log(Path(log), args) as fh:
         proc = subprocess.run(
             [sys.executable, *JOB, *args], cwd=cwd, stdout=fh,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -406,18 +411,12 @@ class _Local:
         self.env = env
 
     def start(self, root: Path, args: list[str], log: Path) -> Any:
-        fh = open(log, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mlfork {' '.join(args)}\n"
-                     .encode())
-            fh.flush()
+        with _log(log, args) as fh:  # the child keeps its own descriptor
             return subprocess.Popen(
                 [sys.executable, *JOB, *args], cwd=root, stdout=fh,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env}, start_new_session=True,
             )
-        finally:
-            fh.close()
 
     def poll(self, proc: subprocess.Popen[bytes]) -> tuple[int | None, str]:
         return proc.poll(), ""
