@@ -51,6 +51,8 @@ TAG_FORK_COMMIT = "mlfork.fork_commit"
 TAG_ROOT_RUN = "mlfork.root_run"
 TAG_DEPTH = "mlfork.depth"
 TAG_INHERITED_UNTIL = "mlfork.inherited_until"
+# the last global step of the per-step series a fork inherits (-1: none)
+TAG_STEPS_INHERITED_UNTIL = "mlfork.steps_inherited_until"
 TAG_LINEAGE = "mlfork.lineage"
 TAG_STATUS = "mlfork.status"
 TAG_USER_PREFIX = "mlfork.tag."

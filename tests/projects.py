@@ -168,6 +168,76 @@ def dvclive(root: Path) -> None:
     commit(root, "training with dvclive")
 
 
+# -- per-step series ----------------------------------------------------------------------------
+
+STEP_TRAIN = """
+    import csv
+    import json
+    import os
+
+    import yaml
+
+    MODE = {mode!r}
+    p = yaml.safe_load(open("params.yaml"))
+    state = {{"w": 0.0, "steps": 0}}
+    if os.path.getsize("model_resume.json"):
+        state = json.load(open("model_resume.json"))
+
+    def train():
+        state["w"] += p["lr"] * (1.0 - state["w"])
+        state["steps"] += 1
+        return round(1.0 - state["w"], 6), round(state["w"], 6)
+
+    if MODE == "csv":  # no dvclive: a CSV plots output, its epochs counted from 0 each time
+        os.makedirs("logs", exist_ok=True)
+        with open("logs/curve.csv", "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["epoch", "loss", "acc"])
+            for epoch in range(p["steps"]):
+                out.writerow([epoch, *train()])
+    else:
+        from dvclive import Live
+
+        with Live(resume=MODE == "resume") as live:
+            if MODE == "offset":  # where mlfork says this iteration's steps start
+                live.step = int(os.environ.get("MLFORK_STEP_OFFSET", "0"))
+            for _ in range(p["steps"]):
+                loss, acc = train()
+                live.log_metric("loss", loss)
+                live.log_metric("acc", acc)
+                live.next_step()
+    with open("model.json", "w") as f:
+        json.dump(state, f)
+"""
+
+
+def steps(root: Path, mode: str) -> None:
+    """A stage logging 3 steps per iteration: with dvclive counting from 0 each time
+    (`restart`), continuing its own files (`resume`, `Live(resume=True)`), starting at
+    MLFORK_STEP_OFFSET (`offset`); or, without dvclive, a cached CSV plots output
+    (`csv`, x: epoch)."""
+    git_init(root)
+    run(root, "dvc", "init", "-q")
+    files = dict(DVCLIVE)
+    files["train.py"] = STEP_TRAIN.format(mode=mode)
+    if mode == "csv":
+        files["dvc.yaml"] = """
+            stages:
+              train:
+                cmd: python train.py
+                deps: [train.py, model_resume.json]
+                params: [lr, iteration, steps]
+                outs: [model.json]
+                plots:
+                  - logs/curve.csv:
+                      x: epoch
+        """
+    write(root, files)
+    (root / "model_resume.json").write_text("")
+    run(root, "dvc", "add", "-q", "model_resume.json")
+    commit(root, f"per-step series ({mode})")
+
+
 # -- cached metrics ----------------------------------------------------------------------------
 
 CACHED_METRICS = {

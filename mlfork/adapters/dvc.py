@@ -407,6 +407,49 @@ class DvcProject:
             ) from exc
         return [p.lstrip("/") for p in found]
 
+    def plot_sources(self, rev: str) -> list[list[Any]]:
+        """The per-step data DVC declares at commit `rev`: [path, x column or None] for each
+        file or folder of the top-level `plots:` sections (each file a `y` of a plot names,
+        for the plots that name files) and each stage output under `plots:`,
+        project-relative."""
+        import posixpath
+
+        from dvc.exceptions import DvcException
+
+        out: list[list[Any]] = []
+        try:
+            with quiet_dvc(50):
+                repo = self.at(rev)
+                root = repo.root_dir
+
+                def rel(path: str) -> str:
+                    return posixpath.normpath(posixpath.relpath(path, root))
+
+                for dvcfile, defs in repo.index._plots.items():
+                    folder = posixpath.dirname(rel(dvcfile))
+                    for item in defs:
+                        pid, props = (item, {}) if isinstance(item, str) else next(
+                            iter(item.items()))
+                        props = props or {}
+                        x, y = props.get("x"), props.get("y")
+                        if isinstance(y, dict):  # a plot naming its files
+                            for path in y:
+                                xs = x.get(path) if isinstance(x, dict) else x
+                                out.append([posixpath.normpath(posixpath.join(folder, path)),
+                                            xs if isinstance(xs, str) else None])
+                        else:
+                            out.append([posixpath.normpath(posixpath.join(folder, pid)),
+                                        x if isinstance(x, str) else None])
+                for plot in repo.index.plots:
+                    props = plot.plot if isinstance(plot.plot, dict) else {}
+                    x = props.get("x")
+                    out.append([rel(plot.fs_path), x if isinstance(x, str) else None])
+        except (DvcException, OSError) as exc:
+            raise ProjectError(
+                f"DVC cannot read the plots of commit {rev[:10]}: {first_line(exc)}"
+            ) from exc
+        return [[p.lstrip("/"), x] for p, x in out]
+
     def read_at(self, rev: str, path: str) -> bytes | None:
         """A DVC-tracked file as of `rev` (from the cache), or None if it cannot be had
         without a download."""

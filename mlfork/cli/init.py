@@ -9,8 +9,13 @@ from mlfork.cli._output import emit_json, note
 
 @click.command("init")
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--example", type=click.Choice(["numpy", "torch"]), default=None,
+              help="Which example a new project gets: numpy (the default; scikit-learn's"
+                   " digits, NumPy models) or torch (a PyTorch network with AdamW, a scheduler,"
+                   " a DataLoader, dropout and dvclive's per-step logging; needs"
+                   " 'mlfork-runs[example,torch]').")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(directory: str, as_json: bool) -> None:
+def command(directory: str, example: str | None, as_json: bool) -> None:
     """Create the example project in DIRECTORY (new or empty), or adopt the git+DVC project
     DIRECTORY is in.
 
@@ -20,7 +25,7 @@ def command(directory: str, as_json: bool) -> None:
     """
     from mlfork.ops.kernel.init import init
 
-    result = init(directory)
+    result = init(directory, example)
     if as_json:
         emit_json(result.to_dict())
         return

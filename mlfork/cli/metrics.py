@@ -16,15 +16,20 @@ from mlfork.cli._output import emit_json, note, table
                    " or the run's own points only.")
 @click.option("--metric", "-m", "names", multiple=True, metavar="M",
               help="Only this metric (repeatable).")
+@click.option("--x", "x", type=click.Choice(["iteration", "step"]), default="iteration",
+              show_default=True,
+              help="iteration: one point per iteration (the metrics files); step: the per-step"
+                   " series (DVC plots files, dvclive's) on the run's global step axis, which"
+                   " goes on across iterations and forks.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="table: one column per metric; csv and json: one row per"
-                                      " (run, iteration, metric).")
+                                      " (run, iteration or step, metric).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--source", type=click.Choice(["auto", "tracking", "git"]), default="auto",
               show_default=True,
               help="Where the points come from: the tracking store, git, or the store unless it"
                    " is unreachable or behind git.")
-def command(runs: tuple[str, ...], stitched: bool, names: tuple[str, ...], fmt: str,
+def command(runs: tuple[str, ...], stitched: bool, names: tuple[str, ...], x: str, fmt: str,
             as_json: bool, source: str) -> None:
     """The metric series of RUNs (default: the run checked out), one row per run,
     iteration and metric, with the run that owns each point: a fork's series starts
@@ -33,11 +38,13 @@ def command(runs: tuple[str, ...], stitched: bool, names: tuple[str, ...], fmt: 
     \b
     Example: mlfork metrics lr2 --metric accuracy
              mlfork metrics base lr --format csv > metrics.csv
+             mlfork metrics lr2 --x step --metric loss
     """
-    from mlfork.ops.comparing.stitch import metrics
+    from mlfork.ops.comparing.stitch import metrics, steps
 
-    df = metrics(runs=list(runs) or None, mode="stitched" if stitched else "own",
-                 metrics=names, source=source)  # type: ignore[arg-type]
+    read = steps if x == "step" else metrics
+    df = read(runs=list(runs) or None, mode="stitched" if stitched else "own",
+              metrics=names, source=source)  # type: ignore[arg-type]
     if df.attrs.get("note"):
         note(f"mlfork: {df.attrs['note']}")
     fmt = "json" if as_json else fmt
@@ -54,12 +61,12 @@ def command(runs: tuple[str, ...], stitched: bool, names: tuple[str, ...], fmt: 
     elif df.empty:
         pass  # the note above said why
     else:
-        wide = df.pivot_table(index=["run", "iteration", "owner"], columns="metric",
+        wide = df.pivot_table(index=["run", x, "owner"], columns="metric",
                               values="value", sort=False).reset_index()
-        keys = [c for c in wide.columns if c not in ("run", "iteration", "owner")]
+        keys = [c for c in wide.columns if c not in ("run", x, "owner")]
         rank = {r: i for i, r in enumerate(dict.fromkeys(df["run"]))}
-        wide = wide.sort_values(["run", "iteration"],
+        wide = wide.sort_values(["run", x],
                                 key=lambda s: s.map(rank) if s.name == "run" else s)
-        rows = [[r["run"], r["iteration"], r["owner"] if r["owner"] != r["run"] else "(own)",
+        rows = [[r["run"], r[x], r["owner"] if r["owner"] != r["run"] else "(own)",
                  *[r[k] for k in keys]] for r in wide.to_dict("records")]
-        table(["run", "iteration", "owner", *keys], rows)
+        table(["run", x, "owner", *keys], rows)

@@ -1,4 +1,4 @@
-"""mlfork plot [RUN]... [-o FILE.png|.svg] [--metric M] [--x iteration|since-fork]"""
+"""mlfork plot [RUN]... [-o FILE.png|.svg] [--metric M] [--x iteration|since-fork|step]"""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from mlfork.cli._output import emit_json, note
               help="A .png or .svg file (default: <first run>-<metric>.png here).")
 @click.option("--metric", "-m", default=None, metavar="M",
               help="The metric to draw (default: the headline metric, val_metric).")
-@click.option("--x", "x_axis", type=click.Choice(["iteration", "since-fork"]),
+@click.option("--x", "x_axis", type=click.Choice(["iteration", "since-fork", "step"]),
               default="iteration", show_default=True,
-              help="x axis: the iteration, or iterations since each run's fork point.")
+              help="x axis: the iteration, iterations since each run's fork point, or the"
+                   " global step of the per-step series (see 'mlfork metrics --x step').")
 @click.option("--source", type=click.Choice(["auto", "tracking", "git"]), default="auto",
               show_default=True, help="Where the metrics come from (see 'mlfork metrics').")
 @json_option
@@ -28,6 +29,7 @@ def command(runs: tuple[str, ...], output: str | None, metric: str | None, x_axi
     \b
     Example: mlfork plot base lr lr2 -o curves.png
              mlfork plot lr lr2 --metric log_loss --x since-fork -o forks.svg
+             mlfork plot base lr --x step --metric loss -o steps.png
     """
     from mlfork.ops.comparing.plot import plot
 

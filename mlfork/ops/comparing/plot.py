@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-XAxis = Literal["iteration", "since-fork"]
+XAxis = Literal["iteration", "since-fork", "step"]
 FORMATS = (".png", ".svg")
 
 
@@ -148,6 +148,26 @@ def fork_lines(chains: dict[str, list[chain.Link]], runs: Sequence[str],
     return sorted(out.values(), key=lambda f: (f.x, f.run))
 
 
+def step_fork_lines(df: pd.DataFrame, chains: dict[str, list[chain.Link]],
+                    runs: Sequence[str]) -> list[ForkLine]:
+    """`--x step`: one line per fork point at the last global step the fork inherits (where
+    the owner of a stitched per-step series changes)."""
+    out: dict[tuple[str, float], ForkLine] = {}
+    for run in runs:
+        links = {link.run: (k, link) for k, link in enumerate(chains[run])}
+        sub = df[df["run"] == run].sort_values("step")
+        owners = sub["owner"].tolist()
+        steps = sub["step"].tolist()
+        for i in range(1, len(owners)):
+            if owners[i] == owners[i - 1] or owners[i] not in links:
+                continue
+            k, link = links[owners[i]]
+            line = ForkLine(link.run, chains[run][k - 1].run if k else owners[i - 1],
+                            link.iteration or 0, link.step, float(steps[i - 1]))
+            out.setdefault((line.run, line.x), line)
+    return sorted(out.values(), key=lambda f: (f.x, f.run))
+
+
 def _shift(chain: list[chain.Link]) -> int:
     """`since-fork`: x = iteration - the last iteration the run inherited, so that its first
     own iteration is at 1 whether it forked after or inside an iteration (0 for a root)."""
@@ -176,13 +196,15 @@ def build_figure(
     ax = fig.add_subplot()
     colour = {run: f"C{i % 10}" for i, run in enumerate(runs)}
     data = df[df["metric"] == metric]
+    col = "step" if x == "step" else "iteration"
+    dots: dict[str, Any] = {} if x == "step" else {"marker": "o"}
     for run in runs:
-        sub = data[data["run"] == run].sort_values("iteration")
+        sub = data[data["run"] == run].sort_values(col)
         if sub.empty:
             continue
         chain = chains[run]
         shift = _shift(chain) if x == "since-fork" else 0
-        xs = sub["iteration"].to_numpy() - shift
+        xs = sub[col].to_numpy() - shift
         ys = sub["value"].to_numpy()
         own = ~sub["inherited"].to_numpy()
         parent = chain[-2].run if len(chain) > 1 else None
@@ -191,16 +213,17 @@ def build_figure(
         label = run if parent is None else f"{run} (fork of {parent} @{at})"
         if (~own).any():
             ax.plot(xs[~own], ys[~own], color=colour[run], linewidth=1.4, alpha=0.45,
-                    marker="o", markersize=3, label="_nolegend_")
+                    markersize=3, label="_nolegend_", **dots)
         if own.any():
             start = max(int(own.argmax()) - 1, 0)  # join the last inherited point
-            ax.plot(xs[start:], ys[start:], color=colour[run], linewidth=2.2, marker="o",
-                    markersize=4.5, label=label)
-            ax.plot(xs[own], ys[own], linestyle="none", marker="o", markersize=4.5,
-                    color=colour[run], label="_nolegend_")
+            ax.plot(xs[start:], ys[start:], color=colour[run], linewidth=2.2,
+                    markersize=4.5, label=label, **dots)
+            if dots:
+                ax.plot(xs[own], ys[own], linestyle="none", marker="o", markersize=4.5,
+                        color=colour[run], label="_nolegend_")
         else:
             ax.plot([], [], color=colour[run], linewidth=2.2, label=label)
-    lines = fork_lines(chains, runs, x)
+    lines = step_fork_lines(data, chains, runs) if x == "step" else fork_lines(chains, runs, x)
     stacked: dict[float, int] = {}  # forks at the same point: labels side by side
     for fl in lines:
         c = colour.get(fl.run, "0.45")
@@ -208,13 +231,15 @@ def build_figure(
                    label="_nolegend_")
         k = stacked[fl.x] = stacked.get(fl.x, -1) + 1
         ax.annotate(
-            f"{fl.run} ← {fl.parent} @{where(fl.iteration, fl.step, fl.x % 1 == 0)}",
+            f"{fl.run} ← {fl.parent} @"
+            + (f"step {fl.x:g}" if x == "step" else where(fl.iteration, fl.step, fl.x % 1 == 0)),
             xy=(fl.x, 1.0), xycoords=("data", "axes fraction"), xytext=(3 + 10 * k, -4),
             textcoords="offset points", rotation=90, va="top", ha="left", fontsize=8,
             color=c,
         )
     better = "lower is better" if diffs.direction(metric) == "lower" else "higher is better"
-    ax.set_xlabel("iteration" if x == "iteration" else "iterations since the run's fork point")
+    ax.set_xlabel({"iteration": "iteration", "step": "step (global: across iterations and"
+                   " forks)"}.get(x, "iterations since the run's fork point"))
     ax.set_ylabel(f"{metric} ({better})")
     ax.set_title(title or f"{metric}: stitched over forks ({', '.join(runs)})", fontsize=11)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -244,8 +269,10 @@ def figure(
     source: stitch.Source = "auto",
 ) -> tuple[Figure, PlotResult]:
     """The figure `mlfork plot` saves, and what it shows (nothing written)."""
-    if x not in ("iteration", "since-fork"):
-        raise UsageError(f"--x must be 'iteration' or 'since-fork', got {x!r}")
+    if x not in ("iteration", "since-fork", "step"):
+        raise UsageError(f"--x must be 'iteration', 'since-fork' or 'step', got {x!r}")
+    if x == "step":
+        return _step_figure(path, runs, metric, source)
     project = Project.open(path, require_dvc=False)
     names = stitch.resolve_runs(project, runs)
     if metric is None:
@@ -261,6 +288,21 @@ def figure(
     chains = {n: chain.chain_from_git(project, n) for n in names}
     fig, lines = build_figure(df, chains, names, metric, x)
     return fig, PlotResult(None, metric, names, x, lines, str(df.attrs.get("source", "")))
+
+
+def _step_figure(path: str | os.PathLike[str], runs: Any, metric: str | None,
+                 source: stitch.Source) -> tuple[Figure, PlotResult]:
+    """`--x step`: the per-step series (the first one logged, unless `metric` names one)."""
+    project = Project.open(path, require_dvc=False)
+    names = stitch.resolve_runs(project, runs)
+    every = stitch.steps(path, names, metrics=[metric] if metric else [], source=source)
+    if every.empty:
+        raise stitch.NotFound(f"{every.attrs.get('note') or stitch.NO_STEPS}: nothing to plot")
+    metric = metric or str(sorted(every["metric"].unique())[0])
+    df = every[every["metric"] == metric]
+    chains = {n: chain.chain_from_git(project, n) for n in names}
+    fig, lines = build_figure(df, chains, names, metric, "step")
+    return fig, PlotResult(None, metric, names, "step", lines, str(every.attrs.get("source", "")))
 
 
 def plot(

@@ -31,6 +31,9 @@ def marker(fork: str) -> str:
     return MARKER.format(fork=fork)
 
 
+STEP_SLOT = "\x00steps\x00"  # where the per-step curves go in the Markdown
+
+
 @dataclass
 class ReportResult:
     fork: str
@@ -42,6 +45,7 @@ class ReportResult:
     forced: bool  # --base is not an ancestor of the fork: compared because of --force
     markdown: str
     source_note: str = ""  # why git was read instead of the store (it lags), if it was
+    step_image: str | None = None  # the per-step curves, when the runs log per-step series
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -270,13 +274,31 @@ def report(
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{fork}-{metric}")
         image = folder / f"{safe}.png"
         files.append((image, plot.render(fig, ".png")))
+    step_image, series = None, None
+    steps = stitch.steps(path, [base, fork], source=source)
+    if len(steps):
+        names = sorted(str(n) for n in steps["metric"].unique())
+        series = metric if metric in names else names[0]
+        fig, _ = plot.build_figure(steps[steps["metric"] == series], chains, [base, fork],
+                                   series, "step", title=f"{series} per step: {fork} against"
+                                                         f" {base}")
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_"
+                       for ch in f"{fork}-steps-{series}")
+        step_image = folder / f"{safe}.png"
+        files.append((step_image, plot.render(fig, ".png")))
     text = _markdown(project, d, fork, base, rec, chains, forced, image, target, df)
+    if step_image is not None:
+        rel = os.path.relpath(step_image, target.parent).replace(os.sep, "/")
+        text = text.replace(STEP_SLOT, f"![{series} per step: {fork} against {base}]({rel})\n\n"
+                            "Per-step series on the global step axis (it goes on across"
+                            " iterations and forks).\n")
+    text = text.replace(STEP_SLOT + "\n", "")
     files.append((target, text.encode("utf-8")))
     plot.write_files(files)
     return ReportResult(
         fork=fork, base=base, path=str(target), image=str(image) if image else None,
         metric=metric, comparable=d.comparable, forced=forced, markdown=text,
-        source_note=d.source_note,
+        source_note=d.source_note, step_image=str(step_image) if step_image else None,
     )
 
 
@@ -339,6 +361,7 @@ def _markdown(
         lines += ["The project logs no metrics: nothing to plot.", ""]
     else:
         lines += ["No metric point was logged yet: nothing to plot.", ""]
+    lines.append(STEP_SLOT)
     lines += locked_section(d, h)
     lines += [f"{h} Reproduce", "", "```sh", *reproduce(project, fork), "```", ""]
     source = "the tracking store" if df.attrs.get("source") == "tracking" else "git"

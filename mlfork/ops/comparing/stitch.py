@@ -25,6 +25,7 @@ from mlfork.ops.comparing.chain import (
 )
 from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
+from mlfork.ops.kernel.steps import PREFIX
 from mlfork.ops.mirroring import mirror as track
 from mlfork.ops.mirroring import outbox
 
@@ -78,14 +79,14 @@ def stitch(
         for link in chain:
             if link.run not in index:
                 raise NotIndexed(link.run, uri)
-            logged |= index[link.run].metric_keys
+            logged |= {k for k in index[link.run].metric_keys if not k.startswith(PREFIX)}
         for seg in segments(chain, mode):
             plan.append((run, index[seg.owner].run_id, seg))
     wanted = check_metrics(metrics, logged, runs)
     df = _frame(
         reader,
         [PointSegment(rid, s.first, s.last) for _, rid, s in plan],
-        sorted(wanted) if wanted is not None else None,
+        sorted(wanted if wanted is not None else logged),
         [(run, seg.owner) for run, _, seg in plan],
         list(runs),
     )
@@ -328,3 +329,204 @@ def _check_current(project: Project, names: list[str], df: pd.DataFrame) -> None
                 f"the tracking store has run '{name}' up to iteration {last.get(name)},"
                 f" git up to {done - 1} (run 'mlfork sync')"
             )
+
+
+# -- per-step series -------------------------------------------------------------------------
+
+STEP_COLUMNS = ["run", "owner", "step", "metric", "value", "inherited"]
+NO_STEPS = (
+    "the runs log no per-step series: DVC finds no plots file in their dvc.yaml (declare"
+    " one under 'plots:', as dvclive does) ; 'mlfork metrics' without --x step shows the"
+    " per-iteration metrics"
+)
+
+
+def steps(
+    path: str | os.PathLike[str] = ".",
+    runs: str | Sequence[str | None] | None = None,
+    *,
+    mode: Mode = "stitched",
+    metrics: Sequence[str] = (),
+    source: Source = "auto",
+    fast: bool = True,
+) -> pd.DataFrame:
+    """`mlfork metrics --x step`: the per-step series of `runs` on the global step axis (see
+    ops.kernel.steps), a DataFrame with columns run, owner, step, metric, value, inherited;
+    one row per (run, step, series), sorted by run (as given), series, step. Stitched: the
+    ancestors' steps up to each fork point, then the run's own; `own`: the run's own steps.
+    The sources as for `metrics`."""
+    if mode not in ("stitched", "own"):
+        raise UsageError(f"mode must be 'stitched' or 'own', got {mode!r}")
+    if source not in ("auto", "tracking", "git"):
+        raise UsageError(f"source must be 'auto', 'tracking' or 'git', got {source!r}")
+    project = Project.open(path, require_dvc=False)
+    names = resolve_runs(project, runs)
+    if not any(project.steps.sources(lineage.tip(project, r)) for r in names):
+        if metrics:
+            check_metrics(metrics, set(), names)
+        df = _empty_steps()
+        df.attrs.update(source="git", reader="git", note=NO_STEPS, logged=False)
+        return df
+    if source == "git":
+        return steps_from_git(project, names, mode, metrics)
+    try:
+        if source == "auto" and outbox.pending(project):
+            raise _Behind("tracking writes wait in the outbox (delivered in the background,"
+                          " or by 'mlfork sync')")
+        df = _steps_from_store(project, names, mode, metrics, fast)
+        if source == "auto":
+            _check_steps(project, names, mode, metrics, df)
+        return df
+    except (TrackingError, NotIndexed, _Behind) as exc:
+        if source == "tracking":
+            raise
+        df = steps_from_git(project, names, mode, metrics)
+        df.attrs["note"] = f"read from git: {exc}"
+        return df
+
+
+def _empty_steps() -> pd.DataFrame:
+    return empty_frame().rename(columns={"iteration": "step"})[STEP_COLUMNS]
+
+
+def _placed(project: Project, run: str) -> tuple[dict[int, Any], Any]:
+    rev = lineage.tip(project, run)
+    rec = lineage.record(project, run, rev)
+    ends = lineage.end_of_iteration(lineage.checkpoints(project, rev), rec.stages)
+    return ends, project.steps.place(ends)
+
+
+def steps_from_git(
+    project: Project, runs: Sequence[str], mode: Mode = "stitched", metrics: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The per-step frame read from git: the plots files at each end-of-iteration
+    checkpoint, placed on the global axis."""
+    import pandas as pd
+
+    rows: list[tuple[str, str, int, str, float, bool]] = []
+    logged: set[str] = set()
+    for run in runs:
+        ends, placed = _placed(project, run)
+        for it, cp in sorted(ends.items()):
+            for name, pts in placed.points.get(it, {}).items():
+                logged.add(name)
+                if mode == "own" and cp.run != run:
+                    continue
+                rows += [(run, cp.run, s, name, v, cp.run != run) for s, v in pts]
+    wanted = check_metrics(metrics, logged, runs)
+    if wanted is not None:
+        rows = [r for r in rows if r[3] in wanted]
+    if not rows:
+        df = _empty_steps()
+    else:
+        rank = {r: i for i, r in enumerate(runs)}
+        rows.sort(key=lambda r: (rank[r[0]], r[3], r[2]))
+        df = pd.DataFrame(rows, columns=STEP_COLUMNS)
+        df["step"] = df["step"].astype("int64")
+        df["value"] = df["value"].astype("float64")
+        df["inherited"] = df["inherited"].astype(bool)
+    df.attrs.update(source="git", reader="git")
+    return df
+
+
+def step_segments(chain: Sequence[Link], index: dict[str, Any]) -> list[Segment]:
+    """Which run owns which global steps of a stitched per-step series: each fork's own
+    steps start after the last step it inherits (its `mlfork.steps_inherited_until` tag)."""
+    from mlfork import naming
+
+    bounds: list[int | None] = [None]
+    for link in chain[1:]:
+        tag = index[link.run].tags.get(naming.TAG_STEPS_INHERITED_UNTIL)
+        bounds.append(int(tag) if tag not in (None, "") else None)
+    out = []
+    for k, link in enumerate(chain):
+        bound = bounds[k]  # None: a root, or no tag (not mirrored yet): its points all
+        first = bound + 1 if bound is not None else None
+        last = bounds[k + 1] if k + 1 < len(chain) else None
+        if first is not None and last is not None and first > last:
+            continue
+        out.append(Segment(link.run, first, last))
+    return out
+
+
+def stitch_steps(
+    uri: str,
+    experiment: str,
+    runs: Sequence[str],
+    *,
+    mode: Mode = "stitched",
+    metrics: Sequence[str] = (),
+    chains: dict[str, list[Link]] | None = None,
+    fast: bool = True,
+    reader: HistoryReader | None = None,
+) -> pd.DataFrame:
+    """Stitched (or own) per-step series of `runs` from the tracking store alone: each
+    run of a lineage holds its own steps (`step/<series>` on the global axis); one bulk
+    read of the owners' step ranges."""
+    from mlfork.adapters.tracking.reader import HistoryReader, PointSegment
+
+    reader = reader or HistoryReader(uri, fast=fast)
+    index = reader.runs(experiment)
+    plan: list[tuple[str, str, Segment]] = []
+    logged: set[str] = set()
+    for run in runs:
+        chain = chains[run] if chains and run in chains else chain_from_tags(index, run, uri)
+        for link in chain:
+            if link.run not in index:
+                raise NotIndexed(link.run, uri)
+            logged |= {k[len(PREFIX):] for k in index[link.run].metric_keys
+                       if k.startswith(PREFIX)}
+        segs = step_segments(chain, index)
+        for seg in segs[-1:] if mode == "own" else segs:
+            plan.append((run, index[seg.owner].run_id, seg))
+    wanted = check_metrics(metrics, logged, runs)
+    df = _frame(
+        reader,
+        [PointSegment(rid, s.first, s.last) for _, rid, s in plan],
+        [PREFIX + m for m in sorted(wanted if wanted is not None else logged)],
+        [(run, seg.owner) for run, _, seg in plan],
+        list(runs),
+    )
+    df = df.rename(columns={"iteration": "step"})[STEP_COLUMNS]
+    df["metric"] = df["metric"].str.slice(len(PREFIX))
+    df.attrs.update(source="tracking", reader=reader.used)
+    return df
+
+
+def _steps_from_store(
+    project: Project, names: list[str], mode: Mode, metrics: Sequence[str], fast: bool
+) -> pd.DataFrame:
+    import pandas as pd
+
+    chains = {name: chain_from_git(project, name) for name in names}
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        rev = lineage.tip(project, name)
+        key = (track.tracking_uri(project, rev), track.experiment_name(project, rev))
+        groups.setdefault(key, []).append(name)
+    frames = [stitch_steps(uri, exp, group, mode=mode, metrics=metrics, chains=chains,
+                           fast=fast) for (uri, exp), group in groups.items()]
+    if len(frames) == 1:
+        return frames[0]
+    attrs = frames[0].attrs
+    rank = {r: i for i, r in enumerate(names)}
+    df = pd.concat(frames, ignore_index=True).sort_values(
+        ["run", "metric", "step"], key=lambda s: s.map(rank) if s.name == "run" else s,
+        kind="stable", ignore_index=True)
+    df.attrs.update(attrs)
+    return df
+
+
+def _check_steps(project: Project, names: list[str], mode: Mode, metrics: Sequence[str],
+                 df: pd.DataFrame) -> None:
+    """The store is behind git when it lacks points git has (a run mirrored before its
+    per-step series were, an iteration not delivered yet): the count of each run's points
+    differs."""
+    have = df.groupby("run").size().to_dict() if len(df) else {}
+    want = steps_from_git(project, names, mode, metrics)
+    counts = want.groupby("run").size().to_dict() if len(want) else {}
+    for name in names:
+        if have.get(name, 0) != counts.get(name, 0):
+            raise _Behind(f"the tracking store has {have.get(name, 0)} per-step point(s) of"
+                          f" run '{name}', git {counts.get(name, 0)} (run 'mlfork sync',"
+                          " or 'mlfork sync --rebuild' for runs mirrored by an older mlfork)")

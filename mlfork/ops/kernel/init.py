@@ -33,24 +33,46 @@ class InitResult:
         return dict(self.__dict__)
 
 
-def example_dir() -> Path:
-    """The example project: inside an installed wheel, or the root of a source checkout."""
-    packaged = Path(str(resources.files("mlfork"))) / "_example"
+EXAMPLES = {
+    "numpy": "the NumPy classifier (scikit-learn's digits; the default)",
+    "torch": "a PyTorch network with AdamW, a scheduler, a DataLoader, dropout and dvclive",
+}
+# what each example's stages import beyond mlfork's own dependencies: (module, extra)
+NEEDS = {"numpy": [("sklearn", "example")],
+         "torch": [("sklearn", "example"), ("torch", "torch"), ("dvclive", "torch")]}
+
+
+def example_dir(name: str = "numpy") -> Path:
+    """An example project: inside an installed wheel, or in a source checkout (the numpy
+    one is the checkout's root, the others are under examples/)."""
+    if name not in EXAMPLES:
+        raise UsageError(f"no example '{name}': choose one of {', '.join(EXAMPLES)}")
+    packaged = Path(str(resources.files("mlfork"))) / (
+        "_example" if name == "numpy" else f"_examples/{name}")
     if (packaged / "dvc.yaml").is_file():
         return packaged
     checkout = Path(__file__).resolve().parents[3]
+    if name != "numpy":
+        checkout = checkout / "examples" / name
     if (checkout / "dvc.yaml").is_file() and (checkout / "conf").is_dir():
         return checkout
     raise UsageError("the example project is missing from this installation: reinstall mlfork")
 
 
-def init(path: str | os.PathLike[str] = ".") -> InitResult:
+def init(path: str | os.PathLike[str] = ".", example: str | None = None) -> InitResult:
     """`mlfork init PATH`: a new project (an empty or missing folder gets the example,
-    built aside and moved into place whole), or an existing DVC project adopted (its own
-    files untouched; mlfork's local state ignored)."""
+    `example` names which, built aside and moved into place whole), or an existing DVC
+    project adopted (its own files untouched; mlfork's local state ignored)."""
     target = Path(path).resolve()
+    if example is not None:
+        example_dir(example)  # an unknown name is refused before anything is looked at
     if not target.exists() or not any(target.iterdir()):
-        return create(target)  # a new project, even inside another repository
+        return create(target, example or "numpy")  # a new project, even inside a repository
+    if example is not None:
+        raise UsageError(
+            f"'{target}' is not empty: --example makes a new project; give a new folder"
+            f" (mlfork init NEW_FOLDER --example {example})"
+        )
     try:
         repo = GitRepo.open(target)
     except NotAGitRepository:
@@ -68,12 +90,12 @@ def init(path: str | os.PathLike[str] = ".") -> InitResult:
     return adopt(found)
 
 
-def create(target: Path) -> InitResult:
+def create(target: Path, example: str = "numpy") -> InitResult:
     """git init, dvc init (cache links), the example files, params.yaml, first commit: all
     built in a folder beside `target`, then moved into place in one rename. A refused or
     killed init leaves no half-made project (a later init finds no project and starts
     again; the leftovers of a killed one are removed)."""
-    src = example_dir()
+    src = example_dir(example)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +108,7 @@ def create(target: Path) -> InitResult:
     except OSError as exc:
         raise UsageError(f"cannot create a project in '{parent}': {exc.strerror or exc}") from exc
     try:
-        result = _create(src, build, target.name)
+        result = _create(src, build, target.name, example)
         os.rename(build, target)  # over an empty folder too: POSIX replaces it
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -104,7 +126,7 @@ def _remove_dead_builds(parent: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _create(src: Path, target: Path, project_name: str) -> InitResult:
+def _create(src: Path, target: Path, project_name: str, example: str = "numpy") -> InitResult:
     from mlfork.adapters import hydra
     from mlfork.adapters.dvc import DvcProject
 
@@ -141,13 +163,17 @@ def _create(src: Path, target: Path, project_name: str) -> InitResult:
     commit = git.add_and_commit_initial(paths, "mlfork init: example project\n")
     faults.point("init.committed")
     notes = []
-    if importlib.util.find_spec("sklearn") is None:
-        notes.append("the example's data_split stage needs scikit-learn, which is not"
-                     " installed here: pip install 'mlfork[example]'")
+    missing = [(module, extra) for module, extra in NEEDS[example]
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        extras = ",".join(dict.fromkeys(extra for _, extra in missing))
+        notes.append(f"the example's stages import {', '.join(m for m, _ in missing)}, not"
+                     f" installed here: pip install 'mlfork-runs[{extras}]'")
     return InitResult(
         root=str(target),
         mode="created",
-        actions=["git init", "dvc init (cache.type reflink,hardlink,symlink)", "example project"],
+        actions=["git init", "dvc init (cache.type reflink,hardlink,symlink)",
+                 f"example project ({example})"],
         commit=commit,
         notes=notes,
     )

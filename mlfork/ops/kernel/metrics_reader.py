@@ -26,7 +26,7 @@ class MetricsReader:
         self._files: dict[tuple[Any, ...], list[str]] = {}
         self._values: dict[str, dict[str, float]] = {}
 
-    def _key(self, rev: str) -> tuple[Any, ...]:
+    def key(self, rev: str) -> tuple[Any, ...]:
         git = self.project.git
         dvcfiles = tuple(git.find_files(rev, "dvc.yaml"))
         key: list[Any] = [dvcfiles]
@@ -41,7 +41,7 @@ class MetricsReader:
 
     def files(self, rev: str) -> list[str]:
         """The metrics files DVC declares at `rev`, project-relative."""
-        key = self._key(rev)
+        key = self.key(rev)
         if key not in self._files:
             if not key[0]:
                 self._files[key] = []

@@ -95,6 +95,13 @@ class Project:
 
         return MetricsReader(self)
 
+    @cached_property
+    def steps(self) -> Any:
+        """One per-step series reader per command (see ops.kernel.steps)."""
+        from mlfork.ops.kernel.steps import StepReader
+
+        return StepReader(self)
+
     def close(self) -> None:
         if "dvc" in self.__dict__:
             self.dvc.close()

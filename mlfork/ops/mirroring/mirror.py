@@ -141,13 +141,15 @@ def full_write(project: Project, run: str, after: dict[str, Any] | None = None) 
         if it > since:
             points += [[k, v, cp.time * 1000, it]
                        for k, v in sorted(project.metrics.at(cp.commit).items())]
+    step_points, step_tags = per_step(project, rec, ends, lambda it: it > since)
+    points += step_points
     last = max(ends) if ends else None
     last_time = project.git.commit(rev).time * 1000
     return RunWrite(
         run=run,
         experiment=experiment_name(project, rev),
         start_time=iso_to_ms(rec.created),
-        tags=run_tags(project, rec, rev),
+        tags={**run_tags(project, rec, rev), **step_tags},
         params=run_params(project, rev),
         metrics=points,
         status=status,
@@ -155,6 +157,31 @@ def full_write(project: Project, run: str, after: dict[str, Any] | None = None) 
         mirrored={"commit": rev, "status": status, "step": last,
                   "ts": ends[last].time * 1000 if last is not None else None},
     )
+
+
+def per_step(
+    project: Project, rec: RunRecord, ends: dict[int, Checkpoint], wanted: Any
+) -> tuple[list[list[Any]], dict[str, str]]:
+    """The run's own per-step points of the iterations `wanted(it)` accepts, as MLflow
+    points `step/<series>` on the global step axis (the steps a fork inherits stay its
+    ancestors'), and, for a fork, the tag naming the last step it inherits."""
+    from mlfork.ops.kernel.steps import PREFIX
+
+    if not ends:
+        return [], {}
+    placed = project.steps.place(ends)
+    until = -1
+    if rec.parent is not None:
+        until = lineage.inherited_until(rec.parent.iteration, rec.parent.step, rec.stages)
+    points = [
+        [PREFIX + name, v, cp.time * 1000, s]
+        for it, cp in sorted(ends.items()) if it > until and wanted(it)
+        for name, pts in sorted(placed.points.get(it, {}).items()) for s, v in pts
+    ]
+    tags = {}
+    if rec.parent is not None:
+        tags[naming.TAG_STEPS_INHERITED_UNTIL] = str(placed.last_before(until + 1))
+    return points, tags
 
 
 def _since(ends: dict[int, Checkpoint], after: dict[str, Any] | None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from mlfork import naming
 from mlfork.models import RunRecord
+from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import background, outbox
 from mlfork.ops.mirroring import mirror as track
@@ -50,10 +51,14 @@ class RunMirror:
     def iteration(self, rev: str, it: int, metrics: dict[str, float]) -> None:
         finished = it + 1 >= self.rec.iterations
         stamp = self.project.git.commit(rev).time * 1000
+        ends = lineage.end_of_iteration(lineage.checkpoints(self.project, rev),
+                                        self.rec.stages)
+        steps, step_tags = track.per_step(self.project, self.rec, ends, lambda i: i == it)
         self._write(
-            tags={naming.TAG_GIT_COMMIT: rev, naming.TAG_BUDGET: str(self.rec.iterations)},
+            tags={naming.TAG_GIT_COMMIT: rev, naming.TAG_BUDGET: str(self.rec.iterations),
+                  **step_tags},
             params={} if self.params_sent else track.run_params(self.project, rev),
-            metrics=[[k, v, stamp, it] for k, v in sorted(metrics.items())],
+            metrics=[[k, v, stamp, it] for k, v in sorted(metrics.items())] + steps,
             status="FINISHED" if finished else None,
             end_time=stamp if finished else None,
         )

@@ -93,7 +93,7 @@ class Comparison:
                 f"identical: {span} of '{self.replay}'"
                 f" {'match' if len(self.iterations) > 1 else 'matches'} '{self.original}'"
                 " bit for bit"
-                " (every metric and every DVC output hash)"
+                " (every metric, per-step point and DVC output hash)"
             )
         parts = [f"diverged from '{self.original}'"]
         if self.first_iteration is not None:
@@ -140,6 +140,8 @@ def compare(
     ends_o = _ends(project, original_rev)
     ends_r = _ends(project, replay_rev)
     reader = project.metrics
+    steps_o = project.steps.place(ends_o).points
+    steps_r = project.steps.place(ends_r).points
     largest: dict[str, MetricDivergence] = {}
     for it in its:
         oc, rc = ends_o.get(it), ends_r.get(it)
@@ -150,6 +152,12 @@ def compare(
             ))
             continue
         om, rm = reader.at(oc.commit), reader.at(rc.commit)
+        series = {k: k for k in (*om, *rm)}
+        # each per-step point too, named `series@step` (on the global step axis)
+        for points, out in ((steps_o.get(it, {}), om), (steps_r.get(it, {}), rm)):
+            for name, pts in points.items():
+                out.update({f"{name}@{s}": v for s, v in pts})
+                series.update({f"{name}@{s}": name for s, _ in pts})
         metrics_ok = True
         for key in sorted(set(om) | set(rm)):
             a, b = om.get(key), rm.get(key)
@@ -160,8 +168,9 @@ def compare(
             div = MetricDivergence(key, it, a, b, diff)
             if result.first_metric is None:
                 result.first_metric = div
-            if key not in largest or diff > largest[key].difference:
-                largest[key] = div
+            worst = series.get(key, key)  # the largest difference of each series
+            if worst not in largest or diff > largest[worst].difference:
+                largest[worst] = div
         oo, ro = _outputs(project, oc.commit), _outputs(project, rc.commit)
         outputs_ok = True
         for out in [*oo, *(k for k in ro if k not in oo)]:  # pipeline order, as in dvc.lock

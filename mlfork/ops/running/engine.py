@@ -25,7 +25,7 @@ from mlfork.errors import (
     StageFailed,
 )
 from mlfork.models import Commit, RunResult
-from mlfork.ops.kernel import lineage, workspace
+from mlfork.ops.kernel import lineage, steps, workspace
 from mlfork.ops.kernel.guard import Guard
 from mlfork.ops.kernel.project import Project, ProjectLock
 from mlfork.ops.mirroring import background
@@ -222,6 +222,8 @@ class _Engine:
             state.blind |= set(pipeline.stage_names)
         seed = str(int_or(composed.config.get("seed"), 0))
         self.env["PYTHONHASHSEED"] = self.pythonhashseed or seed
+        # where the iteration's per-step series start on the run's global step axis
+        self.env[steps.OFFSET_ENV] = str(project.steps.offset(state.rev, it))
         if not (self.resume_input and policy.checkpoint_output):
             return
         source = None
