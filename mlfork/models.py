@@ -40,9 +40,16 @@ class RunRecord:
     base_branch: str | None = None  # the branch the run started from (a root run)
     stages: list[str] = field(default_factory=list)
     schema: int = RUN_RECORD_SCHEMA
+    # a merged run (`mlfork merge`): its sources, [{run, iteration, commit, weight}], and how
+    # they were averaged ({strategy, object, only}); empty for every other run
+    merged: list[dict[str, Any]] = field(default_factory=list)
+    merge: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if not self.merged:  # the records of other runs stay as they were
+            data.pop("merged")
+            data.pop("merge")
         return {k: data[k] for k in sorted(data)}
 
     @classmethod
@@ -85,6 +92,8 @@ class RunRecord:
                 base_branch=str(data["base_branch"]) if data.get("base_branch") else None,
                 stages=[str(x) for x in data.get("stages") or []],
                 schema=int(data.get("schema", RUN_RECORD_SCHEMA)),
+                merged=[dict(m) for m in data.get("merged") or []],
+                merge=dict(data.get("merge") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedFile(source, str(exc)) from exc
@@ -133,10 +142,12 @@ class RunInfo:
     checked_out: bool
     tags: tuple[str, ...] = ()
     remote: str | None = None  # the git remote it is read from: it has no local branch
+    merged: tuple[str, ...] = ()  # a merged run's sources, `run@iteration`
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["tags"] = list(self.tags)
+        data["merged"] = list(self.merged)
         return data
 
 

@@ -53,6 +53,7 @@ TAG_DEPTH = "mlfork.depth"
 TAG_INHERITED_UNTIL = "mlfork.inherited_until"
 # the last global step of the per-step series a fork inherits (-1: none)
 TAG_STEPS_INHERITED_UNTIL = "mlfork.steps_inherited_until"
+TAG_MERGED_FROM = "mlfork.merged_from"  # a merged run's sources and weights (JSON)
 TAG_LINEAGE = "mlfork.lineage"
 TAG_STATUS = "mlfork.status"
 TAG_USER_PREFIX = "mlfork.tag."

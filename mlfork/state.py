@@ -84,6 +84,14 @@ def save(
         "counters": {"step": int(step), "epoch": int(epoch), "samples": int(samples)},
         "determinism": _determinism(),
     }
+    write_raw(path, tree, arrays)
+
+
+def to_bytes(tree: dict[str, Any], arrays: list[Any]) -> bytes:
+    """The file's bytes for an encoded state (`read_raw`'s pair): the same state, the same
+    bytes."""
+    import numpy as np
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
         doc = {"format": FORMAT, "state": tree}
@@ -92,22 +100,22 @@ def save(
             out = io.BytesIO()
             np.save(out, array, allow_pickle=False)
             _entry(zf, f"arrays/{i:06d}.npy", out.getvalue())
+    return buffer.getvalue()
+
+
+def write_raw(path: str | os.PathLike[str], tree: dict[str, Any], arrays: list[Any]) -> None:
+    """Write an encoded state atomically (a reader never sees half a file)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
+    tmp.write_bytes(to_bytes(tree, arrays))
     os.replace(tmp, target)
 
 
-def load(
-    path: str | os.PathLike[str],
-    *,
-    generators: Mapping[str, Any] | None = None,
-    **objects: Any,
-) -> dict[str, int]:
-    """Put the state of `path` back: Python's `random`, NumPy's global generator, each
-    generator and object named as when it was saved. Returns the counters (step, epoch,
-    samples). StateError names what is missing or extra."""
+def read_raw(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Any]]:
+    """A state file as saved, without putting anything back: its encoded tree (the JSON
+    document's `state`) and its arrays (NumPy; a tensor's array carries its dtype in the
+    tree). No torch needed. StateError when it is not a state file."""
     import numpy as np
 
     try:
@@ -121,7 +129,42 @@ def load(
         if isinstance(exc, StateError):
             raise
         raise StateError(f"{path}: cannot be read as a training state ({exc})") from exc
-    tree = doc["state"]
+    return doc["state"], arrays
+
+
+def leaves(encoded: Any, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(dotted name, reference) of every array or tensor of an encoded value, in order:
+    the reference's `__array__`/`__tensor__` indexes `read_raw`'s arrays."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(encoded, list):
+        for i, v in enumerate(encoded):
+            out += leaves(v, f"{prefix}{i}.")
+    elif isinstance(encoded, dict):
+        if "__array__" in encoded or "__tensor__" in encoded:
+            out.append((prefix.rstrip("."), encoded))
+        elif "__dict__" in encoded:
+            for k, v in encoded["__dict__"]:
+                out += leaves(v, f"{prefix}{k}.")
+        elif "__tuple__" in encoded:
+            out += leaves(encoded["__tuple__"], prefix)
+        elif "__map__" in encoded:
+            for k, v in encoded["__map__"]:
+                out += leaves(v, f"{prefix}{k}.")
+    return out
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    generators: Mapping[str, Any] | None = None,
+    **objects: Any,
+) -> dict[str, int]:
+    """Put the state of `path` back: Python's `random`, NumPy's global generator, each
+    generator and object named as when it was saved. Returns the counters (step, epoch,
+    samples). StateError names what is missing or extra."""
+    import numpy as np
+
+    tree, arrays = read_raw(path)
     _match("generator", tree["generators"], generators or {}, path)
     _match("object", tree["objects"], objects, path)
     random.setstate(_decode(tree["random"], arrays))

@@ -353,6 +353,19 @@ class DvcProject:
             ignore.write_text(text + sep + line + "\n", encoding="utf-8")
         return added
 
+    def put_object(self, data: bytes, md5: str) -> Path | None:
+        """Put `data` into the cache as the object `md5` (read-only, as DVC keeps them).
+        Returns the object's path if it was not in the cache before."""
+        target = Path(self.repo.cache.local.oid_to_path(md5))
+        if target.exists():
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".mlfork-tmp")
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, target)
+        return target
+
     def cache_path(self, md5: str) -> Path:
         return Path(self.repo.cache.local.oid_to_path(md5))
 

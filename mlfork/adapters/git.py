@@ -15,7 +15,7 @@ outside the project comes back as `../x`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -297,14 +297,17 @@ class GitRepo(GitReader):
         files: dict[str, bytes],
         message: str,
         signature: pygit2.Signature | None = None,
+        merged: Sequence[str] = (),
     ) -> str:
         """A commit of `files` on top of `parent`, written to the object database only (no
         ref moves): a new branch is then created at it in one step, so that it never
-        exists without this commit."""
+        exists without this commit. `merged`: more parents (a merge commit; the tree is
+        `parent`'s with `files`)."""
         sig = self._now(signature)
         tree = self._tree_with(parent, files)
         with _writing("git's objects"):
-            return str(self._repo.create_commit(None, sig, sig, message, tree, [parent]))
+            return str(self._repo.create_commit(None, sig, sig, message, tree,
+                                                [parent, *merged]))
 
     def _tree_with(self, parent: str, files: dict[str, bytes]) -> pygit2.Oid:
         parent_commit = self._repo.get(parent)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("resume", "Continue runs from their first uncommitted stage; several side by side."),
     "branch": ("branch", "Fork a run at a checkpoint into a new run."),
     "sweep": ("sweep", "Fork a run once per swept value; run the forks side by side."),
+    "merge": ("merge", "Average runs' checkpoints (a model soup) into a new run."),
     "runs": ("runs", "List the runs: parent, fork point, status, progress, headline metric."),
     "log": ("log", "List a run's checkpoints with their metrics."),
     "sync": ("sync", "Deliver pending tracking writes; bring MLflow up to date with git."),

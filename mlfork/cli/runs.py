@@ -25,6 +25,8 @@ def command(as_json: bool) -> None:
     rows = []
     for i in infos:
         fork = f"{i.parent.run}@{i.parent.iteration}/{i.parent.step}" if i.parent else "-"
+        if i.merged:
+            fork = "merge of " + " + ".join(i.merged)
         metric = f"{i.headline}={i.headline_value:.4f}" if i.headline_value is not None else "-"
         rows.append(
             [("* " if i.checked_out else "  ") + (f"{i.remote}/" if i.remote else "") + i.name,

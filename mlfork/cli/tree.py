@@ -36,6 +36,8 @@ def command(as_json: bool) -> None:
         at = f"  @{node.fork_label}" if node.fork_label and not node.missing_parent else ""
         if node.missing_parent:
             at = f"  (forked from '{node.missing_parent}', whose branch is gone)"
+        if i.merged:
+            at += f"  (merge of {', '.join(i.merged)})"
         head = f"{i.headline}={i.headline_value:.4f}" if i.headline_value is not None else "-"
         mark = "* " if i.checked_out else ""
         where = f"{i.remote}/" if i.remote else ""

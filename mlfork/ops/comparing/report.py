@@ -326,6 +326,12 @@ def _markdown(
         )
     else:
         lines.append(f"**`{fork}`** (branch `{naming.branch_name(fork)}`) is a root run.")
+    if rec.merged:
+        lines.append(
+            f"It is a merge ({(rec.merge or {}).get('strategy', 'mean')}) of the checkpoints of "
+            + ", ".join(f"`{m.get('run')}`@{m.get('iteration')} (×{float(m.get('weight', 0)):.4g})"
+                        for m in rec.merged) + "."
+        )
     lines.append(f"Compared with **`{base}`**; they part at {_at(d.fork_point)}.")
     head = next((m for m in d.metrics if m.metric == d.headline), None)
     if head is not None:

@@ -54,6 +54,7 @@ class TreeNode:
             if i.parent
             else None,
             "missing_parent": self.missing_parent,
+            "merged": list(i.merged),
             "children": [c.to_dict() for c in self.children],
         }
 

@@ -257,6 +257,7 @@ def run_info(project: Project, run: str) -> RunInfo:
         checked_out=current_run(project) == run,
         tags=tuple(rec.tags),
         remote=remote_of(project, run),
+        merged=tuple(f"{m.get('run')}@{m.get('iteration')}" for m in rec.merged),
     )
 
 

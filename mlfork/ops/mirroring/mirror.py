@@ -94,6 +94,10 @@ def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
                 ),
             }
         )
+    if rec.merged:
+        tags[naming.TAG_MERGED_FROM] = json.dumps(
+            [{k: m.get(k) for k in ("run", "iteration", "weight")} for m in rec.merged],
+            separators=(",", ":"))[:8000]
     locked = project.policy(rec.parent.commit).locked if rec.parent is not None else ()
     tags[naming.TAG_NOTE] = note(rec, chain, locked)
     return tags
@@ -102,6 +106,16 @@ def lineage_tags(project: Project, rec: RunRecord) -> dict[str, str]:
 def note(rec: RunRecord, chain: list[dict[str, Any]], locked: Iterable[str] = ()) -> str:
     """The Markdown the MLflow UI shows on the run's page."""
     lines = [f"**mlfork run `{rec.name}`** on branch `{naming.branch_name(rec.name)}`", ""]
+    if rec.merged:
+        how = rec.merge or {}
+        only = f", only tensors matching `{how['only']}`" if how.get("only") else ""
+        lines += [
+            f"Merged ({how.get('strategy', 'mean')} of the `{how.get('object', 'model')}`"
+            f" state{only}) from: " + ", ".join(
+                f"`{m.get('run')}`@{m.get('iteration')} (weight {float(m.get('weight', 0)):.4g})"
+                for m in rec.merged),
+            "",
+        ]
     if rec.parent is not None:
         p = rec.parent
         lines += [

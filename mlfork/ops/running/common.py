@@ -97,6 +97,7 @@ def record_commit(
     *,
     origin: str = "",
     files: dict[str, bytes] | None = None,
+    merged: Sequence[str] = (),
 ) -> str:
     """The commit that starts a run, whichever command starts it (`run`, `branch`, `replay
     --launch`): the run record (and a fork's config files) on top of `parent`, written
@@ -113,6 +114,7 @@ def record_commit(
         {naming.RUN_RECORD: record_text(record).encode(), **(files or {})},
         naming.format_record_message(record.name, action, "\n".join(lines)),
         signature=signature,
+        merged=merged,
     )
 
 

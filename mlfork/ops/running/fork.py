@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlfork import faults, naming
@@ -195,6 +195,9 @@ class _Plan:
     current: str | None  # the run the workspace is on
     extra: list[str]  # files of the hand-off the switch may displace
     required: list[str]  # outputs the fork cannot go on without
+    merged: list[str] = field(default_factory=list)  # more parents (`mlfork merge`)
+    action: str = ""  # the commit's action and origin, when not a fork's
+    origin: str = ""
 
 
 def _plan(
@@ -338,8 +341,8 @@ def _write(
     sig = git.signature()
     name, cp, rec = plan.name, plan.checkpoint, plan.record
     fork_branch = naming.branch_name(name)
-    action = f"fork {cp.run}@{cp.iteration}/{cp.step}"
-    origin = f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
+    action = plan.action or f"fork {cp.run}@{cp.iteration}/{cp.step}"
+    origin = plan.origin or f"forked from {cp.run} at iteration {cp.iteration} {cp.step}"
     result = ForkResult(
         name=name, branch=fork_branch, fork_run=cp.run, fork_iteration=cp.iteration,
         fork_step=cp.step, fork_commit=cp.commit, source=plan.source, budget=rec.iterations,
@@ -348,7 +351,7 @@ def _write(
     )
     if not switch:
         result.commit = record_commit(project, rec, cp.commit, action, sig, origin=origin,
-                                      files=plan.files)
+                                      files=plan.files, merged=plan.merged)
         faults.point("branch.object")
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         faults.point("branch.created")
@@ -362,7 +365,7 @@ def _write(
     workspace.settle(project, lock, run=plan.current, extra=plan.extra, note=note)
     with guarded(project, lock) as guard:
         result.commit = record_commit(project, rec, cp.commit, action, sig, origin=origin,
-                                      files=plan.files)
+                                      files=plan.files, merged=plan.merged)
         git.create_branch(fork_branch, result.commit)  # whole, or not at all; races end here
         guard.created_branch(fork_branch)
         faults.point("branch.created")
