@@ -163,3 +163,39 @@ def test_tracking_outage_parks_writes_and_sync_delivers_them(
     assert points(a) == points(b)
     assert set(a["metrics"]) == METRICS
     assert all(len(h) == 2 for h in a["metrics"].values())
+
+
+def test_many_points_are_stored_as_log_batch_stores_them(tmp_path: Path) -> None:
+    """A write of many points (per-step series) goes into the sqlite store in one
+    transaction: the same history and latest values as MLflow's own log_batch, idempotent,
+    and NaN still written (through log_batch)."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from mlfork.adapters.tracking.writer import RunWrite, Tracker
+
+    points = [[f"step/m{j}", 0.25 * ((s * 7 + j) % 11), 1_700_000_000_000 + s, s]
+              for s in range(1500) for j in range(3)]
+    points.append(["step/m0", 9.5, 1_700_000_000_000, 3])  # a second value at one step
+    fast_uri = f"sqlite:///{tmp_path / 'fast.db'}"
+    tracker = Tracker(fast_uri)
+    run_id = tracker.write(RunWrite(run="r", experiment="e", start_time=1, metrics=points))
+    again = tracker.write(RunWrite(run="r", experiment="e", start_time=1,
+                                   metrics=points[:2000] + [["step/m1", 4.0, 1, 1600]]))
+    assert again == run_id
+    plain = MlflowClient(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain_id = plain.create_run(plain.create_experiment("e")).info.run_id
+    ms = [Metric(k, v, ts, s) for k, v, ts, s in [*points, ["step/m1", 4.0, 1, 1600]]]
+    for i in range(0, len(ms), 1000):
+        plain.log_batch(plain_id, metrics=ms[i : i + 1000])
+    fast = MlflowClient(fast_uri)
+    assert fast.get_run(run_id).data.metrics == plain.get_run(plain_id).data.metrics
+    for key in ("step/m0", "step/m1", "step/m2"):
+        def history(client: Any, rid: str, key: str = key) -> list[tuple[int, int, float]]:
+            return sorted((m.step, m.timestamp, m.value)
+                          for m in client.get_metric_history(rid, key))
+        assert history(fast, run_id) == history(plain, plain_id)
+    nan = [["step/nan", float("nan") if s % 2 else 1.0, 1, s] for s in range(1200)]
+    tracker.write(RunWrite(run="r", experiment="e", start_time=1, metrics=nan))
+    got = sorted((m.step, m.value) for m in fast.get_metric_history(run_id, "step/nan"))
+    assert len(got) == 1200 and got[0] == (0, 1.0) and got[1][1] != got[1][1]

@@ -3,6 +3,9 @@ store (fast, read-only), the MLflow API elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +162,8 @@ class HistoryReader:
             return sorted(keys or []), []
         if self.db is not None:
             try:
-                return self._points_sql(segments, keys, stamps)
+                with no_gc():  # 100,000 row tuples would set off full collections
+                    return self._points_sql(segments, keys, stamps)
             except Exception:  # sqlite3.Error: fall back to the API path
                 self.db, self.used = None, "api"
         return self._points_api(segments, keys, stamps)
@@ -252,3 +256,18 @@ class HistoryReader:
                         out.append((i, c, m.step, value, m.timestamp) if stamps
                                    else (i, c, m.step, value))
         return names, out
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while many acyclic objects are made (rows read
+    in bulk): each collection of the oldest generation would walk every object of the
+    process (pandas, MLflow: hundreds of thousands) for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+

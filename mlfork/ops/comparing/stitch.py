@@ -123,6 +123,19 @@ def _frame(
     row per (run, metric, iteration), sorted by run (as in `order`), metric, iteration.
     Vectorised (a deep lineage has 100,000 points); where a step was logged twice, the
     points are read again with their timestamps and the newest wins."""
+    from mlfork.adapters.tracking.reader import no_gc
+
+    with no_gc():  # many row tuples, no cycles: see no_gc
+        return _frame_of(reader, segs, keys, seg_info, order)
+
+
+def _frame_of(
+    reader: HistoryReader,
+    segs: list[PointSegment],
+    keys: list[str] | None,
+    seg_info: list[tuple[str, str]],
+    order: list[str],
+) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
