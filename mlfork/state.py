@@ -67,9 +67,12 @@ def save(
     epoch: int = 0,
     samples: int = 0,
     generators: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
     **objects: Any,
 ) -> None:
-    """Write the training state to `path` (atomically: a reader never sees half a file)."""
+    """Write the training state to `path` (atomically: a reader never sees half a file).
+    `info`: values of your own (numbers, strings, lists, dicts, arrays) that `peek` gives
+    back without loading anything: the model's kind, the iteration, the settings."""
     import numpy as np
 
     arrays: list[Any] = []
@@ -84,7 +87,21 @@ def save(
         "counters": {"step": int(step), "epoch": int(epoch), "samples": int(samples)},
         "determinism": _determinism(),
     }
+    if info:
+        tree["info"] = _encode(dict(info), arrays)
     write_raw(path, tree, arrays)
+
+
+def peek(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a state file holds, put back nowhere: its counters (`step`, `epoch`,
+    `samples`), its `info`, and its `objects` (each object's state as saved: the arrays of
+    a NumPy model, the tensors of a PyTorch one when torch is imported). No random state
+    changes: what an evaluation stage reads."""
+    tree, arrays = read_raw(path)
+    out: dict[str, Any] = {k: int(v) for k, v in tree["counters"].items()}
+    out["info"] = _decode(tree.get("info") or {"__dict__": []}, arrays)
+    out["objects"] = {name: _decode(value, arrays) for name, value in tree["objects"].items()}
+    return out
 
 
 def to_bytes(tree: dict[str, Any], arrays: list[Any]) -> bytes:

@@ -1,19 +1,17 @@
 """Small helpers shared by the pipeline stages (run from the repository root).
 
-Only numpy, PyYAML and the standard library: train and evaluate import this module,
+Only numpy, PyYAML and the standard library (mlfork.state, for the checkpoints, is
+imported by train and evaluate themselves): train and evaluate import this module,
 and their start-up time is most of an iteration's time.
 """
 
 import io
-import json
 import os
-import zipfile
 
 import numpy as np
 import yaml
 
 PARAMS = "params.yaml"
-META = "meta"  # the checkpoint's entry holding its JSON metadata
 
 
 def load_params(path=PARAMS):
@@ -57,24 +55,14 @@ def load_split(path):
         return data["X"], data["y"]
 
 
-def save_checkpoint(path, arrays, meta):
-    """A checkpoint is an .npz of the model's arrays plus `meta` (JSON-able values,
-    stored as the UTF-8 bytes of its JSON with sorted keys). No pickle."""
-    if META in arrays:
-        raise ValueError(f"the array name {META!r} is reserved for the metadata")
-    blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    atomic_write(path, _npz_bytes({**arrays, META: blob}))
+class Arrays:
+    """A model's named arrays as an object mlfork.state saves and loads (state_dict)."""
 
+    def __init__(self, arrays=None):
+        self.arrays = dict(arrays or {})
 
-def load_checkpoint(path):
-    """(arrays, meta) of a checkpoint written by save_checkpoint."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files if k != META}
-            meta = json.loads(data[META].tobytes())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise SystemExit(
-            f"{path} is not a checkpoint in this pipeline's format (an .npz of arrays and JSON"
-            f" metadata, no pickle; {type(exc).__name__})"
-        ) from exc
-    return arrays, meta
+    def state_dict(self):
+        return self.arrays
+
+    def load_state_dict(self, arrays):
+        self.arrays = dict(arrays)

@@ -12,6 +12,8 @@ import common  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mlfork import state  # noqa: E402
+
 
 def f1_macro(y, predicted):
     """Unweighted mean of the per-class F1 = 2 TP / (2 TP + FP + FN), over every class
@@ -33,8 +35,8 @@ def log_loss(y, proba, classes):
 
 def main():
     params = common.load_params()
-    arrays, meta = common.load_checkpoint("models/checkpoint")
-    model = models.model_class(meta["model"]).from_state(arrays)
+    saved = state.peek("models/checkpoint")  # the arrays, no random state touched
+    model = models.model_class(saved["info"]["model"]).from_state(saved["objects"]["model"])
     X, y = common.load_split("data/val.npz")
     proba = model.predict_proba(X)
     predicted = model.classes[np.argmax(proba, axis=1)]

@@ -1,13 +1,12 @@
 """Stage train: one iteration of training, resumed from models/resume.
 
-An empty models/resume means "start fresh". Otherwise it is the previous
-iteration's checkpoint, and everything is restored from it (model and optimizer
-arrays and all random states), so that resuming gives the same bytes as training
-straight through.
+An empty models/resume means "start fresh". Otherwise it is the previous iteration's
+checkpoint, written with mlfork.state: the model's arrays, the data-order generator, the
+global random states (Python's, NumPy's) and the epoch counter come back in one call, so
+that resuming gives the same bytes as training straight through.
 """
 
 import os
-import random
 import sys
 
 sys.dont_write_bytecode = True
@@ -17,26 +16,9 @@ import common  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mlfork import state  # noqa: E402
+
 RESUME, CHECKPOINT = "models/resume", "models/checkpoint"
-
-
-def random_states(rng):
-    """Every random state, as JSON-able values."""
-    name, key, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "rng": rng.bit_generator.state,
-        "py_random": [version, list(internal), gauss_next],
-        "np_global": [name, key.tolist(), pos, has_gauss, gauss],
-    }
-
-
-def restore_random_states(rng, states):
-    rng.bit_generator.state = states["rng"]
-    version, internal, gauss_next = states["py_random"]
-    random.setstate((version, tuple(internal), gauss_next))
-    name, key, pos, has_gauss, gauss = states["np_global"]
-    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
 
 
 def main():
@@ -47,16 +29,16 @@ def main():
     X, y = common.load_split("data/train.npz")
     rng = np.random.default_rng(seed)
     if os.path.getsize(RESUME) == 0:
-        random.seed(seed)
-        np.random.seed(seed)
+        state.seed_everything(seed)
         model = cls.create(cfg, X.shape[1], np.unique(y), rng)
         epochs_done, origin = 0, "fresh"
     else:
-        arrays, meta = common.load_checkpoint(RESUME)
-        restore_random_states(rng, meta["random_states"])
-        epochs_done, origin = meta["epochs_done"], f"resumed from iteration {meta['iteration']}"
+        saved = common.Arrays()
+        counters = state.load(RESUME, generators={"rng": rng}, model=saved)
+        meta = state.peek(RESUME)["info"]
+        epochs_done, origin = counters["epoch"], f"resumed from iteration {meta['iteration']}"
         if meta["model"] == cfg["name"]:
-            model = cls.from_state(arrays)
+            model = cls.from_state(saved.arrays)
             change = model.mismatch(cfg)
         else:
             change = f"{meta['model']} in the checkpoint"
@@ -74,14 +56,11 @@ def main():
             model.partial_fit(X[batch], y[batch])
     epochs_done += train["epochs_per_iteration"]
 
-    meta = {
-        "model": cfg["name"],
-        "iteration": iteration,
-        "epochs_done": epochs_done,
-        "lr": cfg["lr"],
-        "random_states": random_states(rng),
-    }
-    common.save_checkpoint(CHECKPOINT, model.state(), meta)
+    state.save(
+        CHECKPOINT, epoch=epochs_done, generators={"rng": rng},
+        info={"model": cfg["name"], "iteration": iteration, "lr": cfg["lr"]},
+        model=common.Arrays(model.state()),
+    )
     print(
         f"train: iteration {iteration}, {cfg['name']} lr {model.lr:g}"
         f"{' (exploration)' if exploring else ''}, {train['epochs_per_iteration']} epochs "

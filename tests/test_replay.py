@@ -322,9 +322,9 @@ def test_verify_the_example_run_is_identical_and_leaves_no_trace(base_project: P
 
 NONCE_TRAIN = '''
 import os as _os
-_save = common.save_checkpoint
-common.save_checkpoint = lambda path, arrays, meta: _save(
-    path, arrays, {**meta, "nonce": _os.urandom(8).hex()})
+_save = state.save
+state.save = lambda path, info=None, **kw: _save(
+    path, info={**(info or {}), "nonce": _os.urandom(8).hex()}, **kw)
 '''
 NONCE_EVALUATE = '''
 _write = common.atomic_write
