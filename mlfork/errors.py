@@ -27,8 +27,9 @@ Exit codes (documented in the README):
     18 git refused an operation (a branch moved while mlfork worked on it, a switch failed)
     19 one or more jobs of `mlfork sweep` or `mlfork resume --jobs` failed (the others ran
        on; each failure names its log and the `mlfork resume` that goes on)
-    20 `mlfork merge` refused checkpoints that cannot be averaged (their model states' keys,
-       shapes or dtypes differ, or they are not mlfork.state files)
+    20 `mlfork merge` refused checkpoints that cannot be averaged (their locked keys differ,
+       their model states' names, shapes or dtypes differ, or they are not mlfork.state
+       files)
     130 interrupted (Ctrl-C); resumable
     141 the reader of the output went away (`mlfork log` piped into `head -1`): nothing printed
 """

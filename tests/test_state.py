@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import subprocess
 import sys
 import warnings
@@ -248,3 +249,31 @@ def test_torch_tensors_keep_their_dtype(tmp_path: Path) -> None:
     state.load(tmp_path / "t.ckpt", box=back)
     for key, tensor in box.d.items():
         assert back.d[key].dtype == tensor.dtype and torch.equal(back.d[key], tensor), key
+
+
+def test_info_and_peek_read_a_state_without_touching_any_generator(tmp_path: Path) -> None:
+    state.seed_everything(1)
+    state.save(tmp_path / "s.ckpt", epoch=3, info={"model": "mlp", "sizes": [64, 10]},
+               model=Box(w=np.arange(4.0)))
+    random_before, numpy_before = random.getstate(), np.random.get_state(legacy=True)
+    saved = state.peek(tmp_path / "s.ckpt")
+    assert saved["epoch"] == 3 and saved["info"] == {"model": "mlp", "sizes": [64, 10]}
+    assert np.array_equal(saved["objects"]["model"]["w"], np.arange(4.0))
+    assert random.getstate() == random_before
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(np.random.get_state(legacy=True), numpy_before, strict=True))
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()",
+                    reason="no CUDA device on this machine: the CUDA generators' round trip"
+                           " did not run (it is not counted as passed)")
+def test_cuda_generators_round_trip(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(7)
+    torch.rand(3, device="cuda")
+    state.save(tmp_path / "c.ckpt")
+    want = [torch.rand(3, device=f"cuda:{d}") for d in range(torch.cuda.device_count())]
+    state.load(tmp_path / "c.ckpt")
+    got = [torch.rand(3, device=f"cuda:{d}") for d in range(torch.cuda.device_count())]
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))

@@ -75,7 +75,12 @@ class StepReader:
             else:  # DVC's answer depends on the key alone: kept across commands
                 found = memo.get(self.project, "plot-sources", key)
                 if not isinstance(found, list):
-                    found = self.project.dvc.plot_sources(rev)
+                    from mlfork.errors import ProjectError
+
+                    try:
+                        found = self.project.dvc.plot_sources(rev)
+                    except ProjectError:  # a commit DVC cannot read: no series there (its
+                        return []  # metrics say why); a run never fails over its plots
                     memo.put(self.project, "plot-sources", key, found)
             self._sources[key] = [(str(p), x if isinstance(x, str) else None) for p, x in found]
         return self._sources[key]
