@@ -178,7 +178,7 @@ STEP_TRAIN = """
     import yaml
 
     MODE = {mode!r}
-    p = yaml.safe_load(open("params.yaml"))
+    p = yaml.safe_load(open({params!r}))
     state = {{"w": 0.0, "steps": 0}}
     if os.path.getsize("model_resume.json"):
         state = json.load(open("model_resume.json"))
@@ -188,7 +188,15 @@ STEP_TRAIN = """
         state["steps"] += 1
         return round(1.0 - state["w"], 6), round(state["w"], 6)
 
-    if MODE == "csv":  # no dvclive: a CSV plots output, its epochs counted from 0 each time
+    if MODE == "json":  # a cached JSON plots output: rows of epoch, loss, acc
+        os.makedirs("logs", exist_ok=True)
+        rows = []
+        for epoch in range(p["steps"]):
+            loss, acc = train()
+            rows.append({{"epoch": epoch, "loss": loss, "acc": acc}})
+        with open("logs/curve.json", "w") as f:
+            json.dump({{"curve": rows}}, f)
+    elif MODE == "csv":  # no dvclive: a CSV plots output, its epochs counted from 0 each time
         os.makedirs("logs", exist_ok=True)
         with open("logs/curve.csv", "w", newline="") as f:
             out = csv.writer(f)
@@ -214,12 +222,14 @@ STEP_TRAIN = """
 def steps(root: Path, mode: str) -> None:
     """A stage logging 3 steps per iteration: with dvclive counting from 0 each time
     (`restart`), continuing its own files (`resume`, `Live(resume=True)`), starting at
-    MLFORK_STEP_OFFSET (`offset`); or, without dvclive, a cached CSV plots output
-    (`csv`, x: epoch)."""
+    MLFORK_STEP_OFFSET (`offset`); or, without dvclive, a CSV plots output (`csv`, x:
+    epoch), or a cached JSON one declared by a stage of a second dvc.yaml in a folder
+    (`json`, x: epoch)."""
     git_init(root)
     run(root, "dvc", "init", "-q")
     files = dict(DVCLIVE)
-    files["train.py"] = STEP_TRAIN.format(mode=mode)
+    files["train.py"] = STEP_TRAIN.format(mode=mode, params="params.yaml")
+    resume = "model_resume.json"
     if mode == "csv":
         files["dvc.yaml"] = """
             stages:
@@ -232,9 +242,29 @@ def steps(root: Path, mode: str) -> None:
                   - logs/curve.csv:
                       x: epoch
         """
+    if mode == "json":  # the stage in a dvc.yaml of its own folder, beside its dvc.lock
+        del files["train.py"], files["dvc.yaml"]
+        files["train/train.py"] = STEP_TRAIN.format(mode=mode, params="../params.yaml")
+        files["train/dvc.yaml"] = """
+            stages:
+              train:
+                cmd: python train.py
+                deps: [train.py, model_resume.json]
+                params:
+                  - ../params.yaml: [lr, iteration, steps]
+                outs: [model.json]
+                plots:
+                  - logs/curve.json:
+                      x: epoch
+        """
+        files[".mlfork/config.yaml"] = """
+            mlfork:
+              checkpoint: {output: train/model.json, resume: train/model_resume.json}
+        """
+        resume = "train/model_resume.json"
     write(root, files)
-    (root / "model_resume.json").write_text("")
-    run(root, "dvc", "add", "-q", "model_resume.json")
+    (root / resume).write_text("")
+    run(root, "dvc", "add", "-q", resume)
     commit(root, f"per-step series ({mode})")
 
 

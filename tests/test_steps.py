@@ -17,7 +17,7 @@ from mlfork.adapters.tracking.store import default_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("steps")]
 
-MODES = ["restart", "resume", "offset", "csv"]
+MODES = ["restart", "resume", "offset", "csv", "json"]
 
 
 def jcli(root: Path, *args: str) -> object:

@@ -73,9 +73,7 @@ class MetricsReader:
         data = git.read(rev, path)
         if data is not None:
             return data
-        from mlfork.adapters.dvc_files import lock_outputs
-
-        entry = lock_outputs(git.read(rev, "dvc.lock")).get(path)
+        entry = self.project.outputs_at(rev).get(path)
         if entry and entry.get("md5") and not str(entry["md5"]).endswith(".dir"):
             try:
                 return self.project.dvc.cache_path(str(entry["md5"])).read_bytes()

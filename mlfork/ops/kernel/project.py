@@ -130,6 +130,33 @@ class Project:
         path = conf if self.has_conf(rev) else naming.PARAMS_FILE
         return self._read_yaml(rev, path) or {}
 
+    def outputs_at(self, rev: str) -> dict[str, dict[str, Any]]:
+        """Every stage output DVC locked at commit `rev`: project-relative path -> its entry
+        (md5, size, ...), from every dvc.lock of the project (one beside each dvc.yaml, a
+        pipeline's stages may live in any folder). Entries of one text are shared: do not
+        mutate them."""
+        import posixpath
+
+        from mlfork.adapters.dvc_files import lock_outputs
+
+        found: dict[str, dict[str, Any]] = {}
+        for lock, _ in self.git.find_files(rev, "dvc.lock"):
+            folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
+            for path, entry in lock_outputs(self.git.read(rev, lock)).items():
+                found[posixpath.normpath(folder + path)] = entry
+        return found
+
+    def lock_of(self, rev: str, path: str) -> str | None:
+        """The dvc.lock (project-relative) that records output `path` at `rev`."""
+        from mlfork.adapters.dvc_files import lock_outputs
+
+        for lock, _ in self.git.find_files(rev, "dvc.lock"):
+            folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
+            if path.startswith(folder) and path[len(folder):] in lock_outputs(
+                    self.git.read(rev, lock)):
+                return lock
+        return None
+
     def params_at(self, rev: str) -> dict[str, Any]:
         """The composed config of a commit (its params.yaml); {} if missing or unreadable."""
         raw = self.git.read(rev, naming.PARAMS_FILE)

@@ -147,13 +147,11 @@ class StepReader:
     def _files(self, rev: str, source: str) -> list[tuple[str, bytes]]:
         """The data files of `source` at `rev`: from git, or from the DVC cache for a
         DVC-tracked file or folder (an object this cache lacks is skipped)."""
-        from mlfork.adapters.dvc_files import lock_outputs
-
         git = self.project.git
         listed = [p for p in git.tracked_under(rev, source) if p.endswith(_SUFFIXES)]
         if listed:
             return [(p, git.read(rev, p) or b"") for p in listed]
-        outs = lock_outputs(git.read(rev, "dvc.lock"))
+        outs = self.project.outputs_at(rev)
         dvc = self.project.dvc
         for out, entry in outs.items():
             md5 = str(entry.get("md5") or "")

@@ -16,10 +16,12 @@ puts back when it fails.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlfork import faults, naming
 from mlfork.errors import DirtyWorkingTree, GitError
@@ -185,11 +187,18 @@ def record_repro(
 def _changed_stages(project: Project, parent: str, pipeline: Pipeline) -> list[str]:
     from mlfork.adapters.dvc_files import lock_deps, lock_outputs
 
-    before = project.git.read(parent, "dvc.lock")
-    path = project.root / "dvc.lock"
-    after = path.read_bytes() if path.exists() else None
-    old, new = lock_outputs(before), lock_outputs(after)
-    old_deps, new_deps = lock_deps(before), lock_deps(after)
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    old_deps: dict[str, Any] = {}
+    new_deps: dict[str, Any] = {}
+    for lock in pipeline.lockfiles or ("dvc.lock",):  # one beside each dvc.yaml
+        folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
+        path = project.root / lock
+        before = project.git.read(parent, lock)
+        after = path.read_bytes() if path.exists() else None
+        for into, found in ((old, lock_outputs(before)), (new, lock_outputs(after)),
+                            (old_deps, lock_deps(before)), (new_deps, lock_deps(after))):
+            into.update({posixpath.normpath(folder + p): e for p, e in found.items()})
     changed = []
     for stage in pipeline.stages:
         outs = [o.path for o in stage.outs]

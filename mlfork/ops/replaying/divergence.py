@@ -195,14 +195,8 @@ def _ends(project: Project, rev: str) -> dict[int, Checkpoint]:
 def _outputs(project: Project, commit: str) -> dict[str, str | None]:
     """Every stage output's md5 at `commit`, from every dvc.lock of the project (a
     pipeline may have a dvc.yaml, and so a dvc.lock, in any folder)."""
-    from mlfork.adapters.dvc_files import lock_outputs
-
-    found: dict[str, str | None] = {}
-    for lock, _ in project.git.find_files(commit, "dvc.lock"):
-        folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
-        for path, entry in lock_outputs(project.git.read(commit, lock)).items():
-            found[folder + path] = str_or_none(entry.get("md5"))
-    return found
+    return {path: str_or_none(entry.get("md5"))
+            for path, entry in project.outputs_at(commit).items()}
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -312,11 +312,11 @@ def check_datasets(
     - other files: git's blob at the starting point if git tracks the file there, else the
       file in the workspace, SHA-256 streamed (a size change is a mismatch without a read).
     """
-    from mlfork.adapters.dvc_files import dvcfile_outputs, lock_outputs
+    from mlfork.adapters.dvc_files import dvcfile_outputs
 
     git = project.git
-    start_lock = lock_outputs(git.read(start, "dvc.lock"))
-    run_lock = lock_outputs(git.read(run_commit, "dvc.lock"))
+    start_lock = project.outputs_at(start)
+    run_lock = project.outputs_at(run_commit)
     checks: list[DatasetCheck] = []
     for path, entry in sorted(entries.items()):
         if entry.get("source") == "dvc":

@@ -199,7 +199,6 @@ class _Engine:
         checkpoint (they belong to this iteration), the composed config written into the
         params files, and the checkpoint hand-off pointed at the previous iteration's output
         (fetched from the DVC remote when the cache lacks it)."""
-        from mlfork.adapters.dvc_files import lock_outputs
 
         project, rec, state, policy = self.project, self.rec, self.state, self.policy
         it = state.it
@@ -228,8 +227,7 @@ class _Engine:
             return
         source = None
         if it > 0:
-            lock_text = project.git.read(state.rev, "dvc.lock")
-            source = lock_outputs(lock_text).get(policy.checkpoint_output)
+            source = project.outputs_at(state.rev).get(policy.checkpoint_output)
             if source is None:
                 raise ConfigError(
                     f"dvc.lock has no output '{policy.checkpoint_output}' at the end of"

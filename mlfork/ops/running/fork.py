@@ -389,11 +389,10 @@ def _write(
 def _required_at(project: Project, commit: str, policy: Any) -> list[str]:
     """The outputs a fork at `commit` cannot go on without, when the cache lacks them:
     the checkpoint the hand-off resumes from."""
-    from mlfork.adapters.dvc_files import lock_outputs
 
     if not (policy.checkpoint_output and policy.checkpoint_resume):
         return []
-    entry = lock_outputs(project.git.read(commit, "dvc.lock")).get(policy.checkpoint_output)
+    entry = project.outputs_at(commit).get(policy.checkpoint_output)
     if entry is None or project.dvc.has_object(entry):
         return []
     return [policy.checkpoint_output]

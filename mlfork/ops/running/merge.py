@@ -145,9 +145,11 @@ def merge(
                 for (r, cp), weight in zip(picked, w, strict=True)
             ]
             plan.record.merge = {"strategy": strategy, "object": obj, "only": only}
-            plan.files[LOCK] = _lock_with(
-                project.git.read(first.commit, LOCK), policy.checkpoint_output,
-                md5, len(data))
+            lockfile = project.lock_of(first.commit, policy.checkpoint_output) or LOCK
+            folder = lockfile.rsplit("/", 1)[0] + "/" if "/" in lockfile else ""
+            plan.files[lockfile] = _lock_with(
+                project.git.read(first.commit, lockfile),
+                policy.checkpoint_output[len(folder):], md5, len(data))
             plan.merged = [cp.commit for _, cp in picked[1:]]
             shown = " + ".join(f"{lab}×{weight:g}" for lab, weight in zip(labels, w, strict=True))
             plan.action = f"merge {' '.join(labels)}"
@@ -204,9 +206,7 @@ def _check_locked(project: Project, picked: list[tuple[str, Checkpoint]],
 
 
 def _checkpoint(project: Project, run: str, cp: Checkpoint, output: str) -> bytes:
-    from mlfork.adapters.dvc_files import lock_outputs
-
-    entry = lock_outputs(project.git.read(cp.commit, LOCK)).get(output)
+    entry = project.outputs_at(cp.commit).get(output)
     md5 = str((entry or {}).get("md5") or "")
     if not md5 or md5.endswith(".dir"):
         raise MergeMismatch(
