@@ -160,3 +160,46 @@ def test_merge_refuses_mismatches_with_nothing_written(project: Path) -> None:
     once = cli(project, "merge", "a", "a", "--name", "bad")
     assert once.returncode == 2
     assert snapshot(project) == before
+
+
+def cache_files(root: Path) -> set[str]:
+    cache = root / ".dvc" / "cache"
+    return {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()}
+
+
+def test_merge_in_a_clone_fetches_the_checkpoints_it_averages(project: Path,
+                                                              tmp_path: Path) -> None:
+    """A teammate's clone, cache empty: merge brings the two checkpoints from the DVC
+    remote; a refused merge there leaves the cache as it was (nothing fetched kept)."""
+    bare, store = tmp_path / "team.git", tmp_path / "dvc-store"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(project, "switch", "-q", "main")
+    git(project, "remote", "add", "origin", str(bare))
+    ok(cli(project, "init"))  # nothing to adopt twice: harmless
+    import subprocess
+    import sys
+
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    subprocess.run([*dvc, "remote", "add", "-d", "store", str(store)], cwd=project, check=True)
+    git(project, "commit", "-qam", "the team's DVC remote")
+    git(project, "push", "-q", "origin", "main")
+    ok(cli(project, "push", "a", "b", "narrow"))
+    clone = tmp_path / "bob"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))
+    ok(cli(clone, "init"))
+    assert cache_files(clone) == set()
+    before = snapshot(clone)
+    refused = cli(clone, "merge", "a", "narrow", "--name", "bad")
+    assert refused.returncode == 20, refused.stderr
+    assert snapshot(clone) == before  # the fetched checkpoints are gone again
+    merged = jcli(clone, "merge", "a", "b", "--name", "soup2")
+    assert isinstance(merged, dict) and len(merged["averaged"]) == 4
+    mine = model_arrays(checkpoint(project, result_commit(project, "soup")))
+    theirs = model_arrays(checkpoint(clone, merged["commit"]))
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine)  # the same soup
+
+
+def result_commit(root: Path, run: str) -> str:
+    """The first commit of `run` (its record commit)."""
+    return git(root, "rev-list", "--reverse", "--first-parent", f"mlfork/{run}",
+               "^mlfork/a").split()[0]

@@ -47,3 +47,35 @@ def push_objects(dvc: Any, objects: Iterable[tuple[str, str]],
         raise MissingData(f"the DVC push failed for {len(result.failed)} object(s): check the"
                           " DVC remote, then push again")
     return len(result.transferred), absent
+
+
+def fetch_objects(dvc: Any, objects: Iterable[tuple[str, str]],
+                  remote: str | None = None) -> int:
+    """Bring the DVC objects `(md5, hash name)` this cache lacks from the DVC remote (default:
+    the project's), by hash: objects of any commit, whatever the workspace's DVC files say.
+    The number transferred. MissingData (naming what to do) if there is no remote, it
+    fails, or it lacks one of them."""
+    from dvc.config import NoRemoteError
+    from dvc.exceptions import DvcException
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    repo = dvc.repo
+    wanted = [HashInfo(name, md5) for md5, name in dict.fromkeys(objects)
+              if not (repo.cache.legacy if name == "md5-dos2unix" else repo.cache.local)
+              .exists(md5)]
+    if not wanted:
+        return 0
+    try:
+        with quiet_dvc():
+            result = repo.cloud.pull(wanted, remote=remote)
+    except NoRemoteError as exc:
+        raise MissingData(f"{len(wanted)} DVC object(s) are not in this cache and there is no"
+                          " DVC remote to fetch them from: add the project's remote ('dvc"
+                          " remote add -d NAME URL'), or run this where the data is") from exc
+    except DvcException as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MissingData(f"fetching from the DVC remote failed: {text}") from exc
+    if result.failed:
+        raise MissingData(f"the DVC remote lacks {len(result.failed)} object(s) this needs:"
+                          " push them from a machine that has them ('mlfork push')")
+    return len(result.transferred)

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlfork import naming, state
@@ -33,7 +34,7 @@ from mlfork.ops.kernel import lineage
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.mirroring import background
 from mlfork.ops.running import fork
-from mlfork.ops.running.common import Progress, quiet
+from mlfork.ops.running.common import Progress, check_new_name, quiet
 from mlfork.ops.running.inherit import pick_checkpoint
 
 STRATEGIES = ("mean", "weighted")
@@ -115,6 +116,7 @@ def merge(
     project = Project.open(path)
     try:
         with project.lock(name, "merge") as lock:
+            check_new_name(project, name)  # before any checkpoint is read
             picked = [_pick(project, text) for text in sources]
             seen: set[str] = set()
             for (_, cp), text in zip(picked, sources, strict=True):
@@ -129,48 +131,70 @@ def merge(
                     " mlfork.checkpoint.output and .resume)"
                 )
             _check_locked(project, picked, policy.locked)
-            files = [_checkpoint(project, run_name, cp, policy.checkpoint_output)
-                     for run_name, cp in picked]
-            labels = [f"{r}@{cp.iteration}" for r, cp in picked]
-            data, averaged, kept = average(files, labels, w, obj, only)
-            md5 = hashlib.md5(data).hexdigest()  # noqa: S324 - DVC's object id, not security
-            plan = fork._plan(
-                project, lock, source=picked[0][0], from_iteration=first.iteration,
-                from_step=None, name=name, iterations=iterations if iterations is not None
-                else 0, tags=tags, inherit_tags=False, timeout=None, stage_timeout=None,
-                switch=switch, run=run, overrides=(), argv=argv, progress=progress,
-            )
-            plan.record.merged = [
-                {"run": r, "iteration": cp.iteration, "commit": cp.commit, "weight": weight}
-                for (r, cp), weight in zip(picked, w, strict=True)
-            ]
-            plan.record.merge = {"strategy": strategy, "object": obj, "only": only}
-            lockfile = project.lock_of(first.commit, policy.checkpoint_output) or LOCK
-            folder = lockfile.rsplit("/", 1)[0] + "/" if "/" in lockfile else ""
-            plan.files[lockfile] = _lock_with(
-                project.git.read(first.commit, lockfile),
-                policy.checkpoint_output[len(folder):], md5, len(data))
-            plan.merged = [cp.commit for _, cp in picked[1:]]
-            shown = " + ".join(f"{lab}×{weight:g}" for lab, weight in zip(labels, w, strict=True))
-            plan.action = f"merge {' '.join(labels)}"
-            plan.origin = f"merged ({strategy}) from {shown}"
-            added = project.dvc.put_object(data, md5)
+            fetched: list[Path] = []  # objects brought from the DVC remote for the merge
             try:
-                result = fork._write(project, lock, plan, started, switch=switch, run=run,
-                                     argv=argv, progress=progress, echo=False, timings=None,
-                                     wait=background.waits(wait))
-            except BaseException:
-                if added is not None:
-                    added.unlink(missing_ok=True)
+                result, md5, averaged, kept, record = _merge(
+                    project, lock, picked, policy, w, strategy, obj, only, name, iterations,
+                    tags, switch, run, argv, progress, wait, started, fetched)
+            except BaseException:  # refused or failed: the DVC cache as it was
+                for path in fetched:
+                    path.unlink(missing_ok=True)
                 raise
             return MergeResult(
                 name=name, branch=result.branch, commit=result.commit,
-                sources=plan.record.merged, strategy=strategy, object=obj, only=only,
+                sources=record.merged, strategy=strategy, object=obj, only=only,
                 averaged=averaged, kept=kept, md5=md5, switched=result.switched,
                 tracking=result.tracking, run=result.run,
             )
     finally:
         project.close()
+
+
+def _merge(
+    project: Project, lock: Any, picked: list[tuple[str, Checkpoint]], policy: Any,
+    w: list[float], strategy: str, obj: str, only: str | None, name: str,
+    iterations: int | None, tags: Sequence[str], switch: bool, run: bool,
+    argv: Sequence[str], progress: Progress, wait: bool | None, started: float,
+    fetched: list[Path],
+) -> tuple[Any, str, list[str], list[str], Any]:
+    """The merge itself, once the sources are picked and checked: the soup, the fork's
+    plan made a merge, its commit and branch (and switch, run)."""
+    first = picked[0][1]
+    files = [_checkpoint(project, run_name, cp, policy.checkpoint_output, fetched)
+             for run_name, cp in picked]
+    labels = [f"{r}@{cp.iteration}" for r, cp in picked]
+    data, averaged, kept = average(files, labels, w, obj, only)
+    md5 = hashlib.md5(data).hexdigest()  # noqa: S324 - DVC's object id, not security
+    plan = fork._plan(
+        project, lock, source=picked[0][0], from_iteration=first.iteration,
+        from_step=None, name=name, iterations=iterations if iterations is not None
+        else 0, tags=tags, inherit_tags=False, timeout=None, stage_timeout=None,
+        switch=switch, run=run, overrides=(), argv=argv, progress=progress,
+    )
+    plan.record.merged = [
+        {"run": r, "iteration": cp.iteration, "commit": cp.commit, "weight": weight}
+        for (r, cp), weight in zip(picked, w, strict=True)
+    ]
+    plan.record.merge = {"strategy": strategy, "object": obj, "only": only}
+    lockfile = project.lock_of(first.commit, policy.checkpoint_output) or LOCK
+    folder = lockfile.rsplit("/", 1)[0] + "/" if "/" in lockfile else ""
+    plan.files[lockfile] = _lock_with(
+        project.git.read(first.commit, lockfile),
+        policy.checkpoint_output[len(folder):], md5, len(data))
+    plan.merged = [cp.commit for _, cp in picked[1:]]
+    shown = " + ".join(f"{lab}×{weight:g}" for lab, weight in zip(labels, w, strict=True))
+    plan.action = f"merge {' '.join(labels)}"
+    plan.origin = f"merged ({strategy}) from {shown}"
+    added = project.dvc.put_object(data, md5)
+    try:
+        result = fork._write(project, lock, plan, started, switch=switch, run=run,
+                             argv=argv, progress=progress, echo=False, timings=None,
+                             wait=background.waits(wait))
+    except BaseException:
+        if added is not None:
+            added.unlink(missing_ok=True)
+        raise
+    return result, md5, averaged, kept, plan.record
 
 
 def _pick(project: Project, text: str) -> tuple[str, Checkpoint]:
@@ -205,7 +229,8 @@ def _check_locked(project: Project, picked: list[tuple[str, Checkpoint]],
                 )
 
 
-def _checkpoint(project: Project, run: str, cp: Checkpoint, output: str) -> bytes:
+def _checkpoint(project: Project, run: str, cp: Checkpoint, output: str,
+                fetched: list[Path]) -> bytes:
     entry = project.outputs_at(cp.commit).get(output)
     md5 = str((entry or {}).get("md5") or "")
     if not md5 or md5.endswith(".dir"):
@@ -213,13 +238,20 @@ def _checkpoint(project: Project, run: str, cp: Checkpoint, output: str) -> byte
             f"the checkpoint of {run}@{cp.iteration} ({output}) is not one file in dvc.lock:"
             " merge averages checkpoints saved with mlfork.state"
         )
+    path = project.dvc.cache_path(md5)
+    if not path.exists() and project.dvc.default_remote() is not None:
+        from mlfork.adapters.dvc_remote import fetch_objects
+
+        fetch_objects(project.dvc, [(md5, str((entry or {}).get("hash") or "md5"))])
+        if path.exists():
+            fetched.append(path)
     try:
-        return project.dvc.cache_path(md5).read_bytes()
+        return path.read_bytes()
     except OSError:
         raise MissingData(
             f"the checkpoint of {run}@{cp.iteration} ({output}, md5 {md5[:10]}) is not in this"
-            f" DVC cache: run 'mlfork pull' and 'dvc fetch --all-branches', or 'git switch"
-            f" {naming.branch_name(run)} && dvc pull {output}'"
+            f" DVC cache and no DVC remote is configured: add the project's remote ('dvc remote"
+            f" add -d NAME URL'), or 'git switch {naming.branch_name(run)} && dvc pull {output}'"
         ) from None
 
 
