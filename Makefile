@@ -60,7 +60,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	for b in bench/iteration_overhead.py bench/fork.py bench/scale.py bench/stitch.py bench/manifest.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/iteration_overhead.py bench/fork.py bench/scale.py bench/stitch.py bench/manifest.py bench/sweep.py bench/steps.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_OUT) build dist *.egg-info tests/js/node_modules

@@ -55,6 +55,10 @@ def test_wheel_contains_the_example_project(wheel: Path) -> None:
     packaged = sorted(n.removeprefix("mlfork/_example/") for n in names
                       if n.startswith("mlfork/_example/"))
     assert packaged == example_files(REPO_ROOT)
+    # the PyTorch example too (`mlfork init --example torch` from an installed wheel)
+    torch_packaged = sorted(n.removeprefix("mlfork/_examples/torch/") for n in names
+                            if n.startswith("mlfork/_examples/torch/"))
+    assert torch_packaged == example_files(REPO_ROOT / "examples" / "torch")
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert "mlfork/__init__.py" in names and "mlfork/py.typed" in names
 
@@ -98,6 +102,13 @@ def test_init_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     module_file, found = probe.stdout.splitlines()
     assert Path(module_file).is_relative_to(site)  # the installed copy, not the checkout
     assert Path(found) == site / "mlfork" / "_example"
+    made = subprocess.run(
+        [sys.executable, "-m", "mlfork", "init", "digits", "--example", "torch", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    assert example_files(tmp_path / "digits") == example_files(
+        site / "mlfork" / "_examples" / "torch")
 
     proc = subprocess.run(
         [sys.executable, "-m", "mlfork", "init", "demo"],
