@@ -60,6 +60,17 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def mismatched(project: Path) -> Path:
+    """Two more root runs: `narrow` (a hidden layer of 32: other shapes) and `split`
+    (another test_size: a locked key differs)."""
+    for name, override in (("narrow", "model.hidden=32"), ("split", "dataset.test_size=0.3")):
+        git(project, "switch", "-q", "main")
+        ok(cli(project, "run", "--name", name, "--iterations", "1", override))
+    git(project, "switch", "-q", "main")
+    return project
+
+
 def test_verify_reproduces_the_run_bit_for_bit(project: Path) -> None:
     proc = ok(cli(project, "verify", "base", "--from-iteration", "0"))
     assert "identical" in proc.stdout and "bit for bit" in proc.stdout
@@ -142,11 +153,8 @@ def _walk(node: dict[str, object]) -> list[dict[str, object]]:
     return out
 
 
-def test_merge_refuses_mismatches_with_nothing_written(project: Path) -> None:
-    git(project, "switch", "-q", "main")
-    ok(cli(project, "run", "--name", "narrow", "--iterations", "1", "model.hidden=32"))
-    git(project, "switch", "-q", "main")
-    ok(cli(project, "run", "--name", "split", "--iterations", "1", "dataset.test_size=0.3"))
+def test_merge_refuses_mismatches_with_nothing_written(mismatched: Path) -> None:
+    project = mismatched
     before = snapshot(project)
     shape = cli(project, "merge", "a", "narrow", "--name", "bad")
     assert shape.returncode == 20, shape.stderr
@@ -167,10 +175,11 @@ def cache_files(root: Path) -> set[str]:
     return {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()}
 
 
-def test_merge_in_a_clone_fetches_the_checkpoints_it_averages(project: Path,
+def test_merge_in_a_clone_fetches_the_checkpoints_it_averages(mismatched: Path,
                                                               tmp_path: Path) -> None:
     """A teammate's clone, cache empty: merge brings the two checkpoints from the DVC
     remote; a refused merge there leaves the cache as it was (nothing fetched kept)."""
+    project = mismatched
     bare, store = tmp_path / "team.git", tmp_path / "dvc-store"
     git(tmp_path, "init", "-q", "--bare", str(bare))
     git(project, "switch", "-q", "main")
@@ -194,12 +203,9 @@ def test_merge_in_a_clone_fetches_the_checkpoints_it_averages(project: Path,
     assert snapshot(clone) == before  # the fetched checkpoints are gone again
     merged = jcli(clone, "merge", "a", "b", "--name", "soup2")
     assert isinstance(merged, dict) and len(merged["averaged"]) == 4
-    mine = model_arrays(checkpoint(project, result_commit(project, "soup")))
+    tips = [git(project, "rev-parse", f"mlfork/{r}").strip() for r in ("a", "b")]
+    sa, sb = (model_arrays(checkpoint(project, tip)) for tip in tips)
     theirs = model_arrays(checkpoint(clone, merged["commit"]))
-    assert all(np.array_equal(mine[k], theirs[k]) for k in mine)  # the same soup
-
-
-def result_commit(root: Path, run: str) -> str:
-    """The first commit of `run` (its record commit)."""
-    return git(root, "rev-list", "--reverse", "--first-parent", f"mlfork/{run}",
-               "^mlfork/a").split()[0]
+    for name, tensor in theirs.items():
+        mean = ((sa[name].astype(np.float64) + sb[name].astype(np.float64)) / 2).astype(np.float32)
+        assert np.array_equal(tensor, mean), name
