@@ -196,6 +196,8 @@ STEP_TRAIN = """
             rows.append({{"epoch": epoch, "loss": loss, "acc": acc}})
         with open("logs/curve.json", "w") as f:
             json.dump({{"curve": rows}}, f)
+        with open("logs/rows.txt", "w") as f:  # data made from the locked key `steps`
+            f.write(str(p["steps"]))
     elif MODE == "csv":  # no dvclive: a CSV plots output, its epochs counted from 0 each time
         os.makedirs("logs", exist_ok=True)
         with open("logs/curve.csv", "w", newline="") as f:
@@ -252,13 +254,14 @@ def steps(root: Path, mode: str) -> None:
                 deps: [train.py, model_resume.json]
                 params:
                   - ../params.yaml: [lr, iteration, steps]
-                outs: [model.json]
+                outs: [model.json, logs/rows.txt]
                 plots:
                   - logs/curve.json:
                       x: epoch
         """
         files[".mlfork/config.yaml"] = """
             mlfork:
+              locked: [steps]
               checkpoint: {output: train/model.json, resume: train/model_resume.json}
         """
         resume = "train/model_resume.json"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import projects
 import pytest
+import yaml
 from conftest import cli, ok
 
 from mlfork.adapters.tracking.store import default_uri
@@ -124,3 +125,16 @@ def test_unknown_series_and_a_project_without_plots(lineages: dict[str, Path],
     assert "no per-step series" in quiet.stderr
     refused = cli(plain, "plot", "a", "--x", "step")
     assert refused.returncode != 0 and "no per-step series" in refused.stderr
+
+
+def test_a_stage_in_a_folder_dvc_yaml_feeds_the_replay_manifest(lineages: dict[str, Path]) -> None:
+    """The `json` project's stage lives in train/dvc.yaml (its own dvc.lock) and reads the
+    locked key `steps`: its data output is part of each iteration's dataset identity."""
+    from conftest import git
+
+    root = lineages["json"]
+    manifest = json.loads(git(root, "show", "mlfork/base:.mlfork/replay.json"))
+    lock = yaml.safe_load(git(root, "show", "mlfork/base:train/dvc.lock"))
+    (rows,) = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "logs/rows.txt"]
+    assert manifest["datasets"]["train/logs/rows.txt"]["md5"] == rows["md5"]
+    assert "train/model.json" not in manifest["datasets"]  # the checkpoint is not data

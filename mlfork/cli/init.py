@@ -35,4 +35,6 @@ def command(directory: str, example: str | None, as_json: bool) -> None:
     for text in result.notes:
         note(f"note: {text}")
     where = "" if directory == "." else f"cd {directory} && "
-    note(f"next: {where}mlfork run --name base --iterations 4")
+    # the run's budget: the example's config, or --iterations N
+    note(f"next: {where}mlfork run --name base" + ("" if result.mode == "created"
+                                                   else " --iterations 4"))

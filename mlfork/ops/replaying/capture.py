@@ -4,11 +4,29 @@ the iteration's last stage."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from mlfork import naming
-from mlfork.models import Policy, RunRecord
+from mlfork.models import Pipeline, Policy, RunRecord
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.running.common import now_iso
+
+
+def workspace_outputs(root: Path, pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """Every stage output the workspace's dvc.lock files record (one beside each dvc.yaml),
+    project-relative path -> entry."""
+    import posixpath
+
+    from mlfork.adapters.dvc_files import lock_outputs
+
+    found: dict[str, dict[str, Any]] = {}
+    for lock in pipeline.lockfiles or ("dvc.lock",):
+        path = root / lock
+        folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
+        text = path.read_bytes() if path.exists() else None
+        found.update({posixpath.normpath(folder + p): e for p, e in lock_outputs(text).items()})
+    return found
 
 
 def write_manifest(
@@ -29,12 +47,10 @@ def write_manifest(
 
     root = project.root
     config = project.params_at_workspace()
-    lock = root / "dvc.lock"
     pipeline = project.pipeline()
     exclude = tuple(p for p in (resume_input, policy.checkpoint_output) if p)
-    lock_text = lock.read_bytes() if lock.exists() else None
     data = datasets.datasets(
-        root, config, policy.locked, lock_text,
+        root, config, policy.locked, workspace_outputs(root, pipeline),
         datasets.sources_of(pipeline), datasets.stage_params(pipeline),
         datasets.stage_outs(pipeline), exclude=exclude,
         cache=datasets.HashCache(project.local("hashes.json")),

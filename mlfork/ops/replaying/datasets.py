@@ -87,7 +87,7 @@ def datasets(
     root: Path,
     config: dict[str, Any],
     locked: tuple[str, ...],
-    lock_text: bytes | None,
+    outs: dict[str, dict[str, Any]],
     dvc_files: dict[str, dict[str, Any]],
     stage_params: dict[str, list[str]],
     stage_outs: dict[str, list[str]],
@@ -96,10 +96,8 @@ def datasets(
 ) -> dict[str, Any]:
     """Dataset identity: the outputs of stages that read a locked key and the DVC-tracked
     files (hashes DVC already holds: nothing is read), plus files a locked key names that
-    DVC does not track (SHA-256, streamed)."""
-    from mlfork.adapters.dvc_files import lock_outputs
-
-    outs = lock_outputs(lock_text)
+    DVC does not track (SHA-256, streamed). `outs`: the stage outputs the dvc.lock files
+    record, project-relative."""
     found: dict[str, Any] = {}
 
     def reads_locked(params: list[str]) -> bool:
