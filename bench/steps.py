@@ -16,7 +16,7 @@ Side by side, each timed `--repeat` times on fresh sqlite stores (medians printe
   mlfork's writer (one transaction for the points);
 - mirror, naive: the same per-step points, already in memory, written with the public API
   (`create_run`, then `log_batch` of 1,000 metrics at a time: MLflow's limit);
-- query, mlfork: `stitch.stitch_steps` of the deepest run (its lineage from git; one read
+- query, mlfork: `stitch.stitch(..., x="step")` of the deepest run (its lineage from git; one read
   of the runs and tags, one of every owner's step range);
 - query, naive: `search_runs`, then `get_metric_history` per run of the lineage and series,
   each owner's steps kept in Python.
@@ -207,11 +207,11 @@ def main() -> int:
         q_fast: list[float] = []
         q_naive: list[float] = []
         df_fast = df_naive = None
-        stitch.stitch_steps(uri, EXPERIMENT, [deepest], chains=chains)  # warm-up, both
+        stitch.stitch(uri, EXPERIMENT, [deepest], chains=chains, x="step")  # warm-up, both
         naive_query(uri, deepest, bounds)
         for _ in range(args.repeat):
             t = time.perf_counter()
-            df_fast = stitch.stitch_steps(uri, EXPERIMENT, [deepest], chains=chains)
+            df_fast = stitch.stitch(uri, EXPERIMENT, [deepest], chains=chains, x="step")
             q_fast.append(time.perf_counter() - t)
             t = time.perf_counter()
             df_naive = naive_query(uri, deepest, bounds)

@@ -36,7 +36,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 FORMAT = "mlfork.state/1"
 _STAMP = (1980, 1, 1, 0, 0, 0)  # every zip entry's time: the same state, the same bytes
@@ -129,10 +129,11 @@ def write_raw(path: str | os.PathLike[str], tree: dict[str, Any], arrays: list[A
     os.replace(tmp, target)
 
 
-def read_raw(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Any]]:
-    """A state file as saved, without putting anything back: its encoded tree (the JSON
-    document's `state`) and its arrays (NumPy; a tensor's array carries its dtype in the
-    tree). No torch needed. StateError when it is not a state file."""
+def read_raw(path: str | os.PathLike[str] | IO[bytes]) -> tuple[dict[str, Any], list[Any]]:
+    """A state file (or its bytes in a binary file object) as saved, without putting
+    anything back: its encoded tree (the JSON document's `state`) and its arrays (NumPy; a
+    tensor's array carries its dtype in the tree). No torch needed. StateError when it is
+    not a state file."""
     import numpy as np
 
     try:

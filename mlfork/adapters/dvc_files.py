@@ -9,7 +9,8 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,20 @@ def dvcfile_outputs(text: bytes | str | None) -> dict[str, dict[str, Any]]:
 def lock_deps(lock_text: bytes | str | None) -> dict[str, dict[str, Any]]:
     """The same for every stage dependency."""
     return _lock_entries(lock_text, "deps")
+
+
+def project_entries(
+    locks: Iterable[tuple[str, bytes | None]], kind: str = "outs"
+) -> dict[str, dict[str, Any]]:
+    """The entries (`outs` or `deps`) of several dvc.lock texts, given as (the lock file's
+    project-relative path, its text): a pipeline has a dvc.lock beside each dvc.yaml, each
+    naming paths from its own folder; here they are project-relative."""
+    found: dict[str, dict[str, Any]] = {}
+    for lock, text in locks:
+        folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
+        for path, entry in _lock_entries(text, kind).items():
+            found[posixpath.normpath(folder + path)] = entry
+    return found
 
 
 def first_line(exc: BaseException) -> str:

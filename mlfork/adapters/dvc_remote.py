@@ -22,16 +22,10 @@ def push_objects(dvc: Any, objects: Iterable[tuple[str, str]],
     collect" and its objects never reach the remote."""
     from dvc.config import NoRemoteError
     from dvc.exceptions import DvcException
-    from dvc_data.hashfile.hash_info import HashInfo
 
     repo = dvc.repo
-    present, absent = [], 0
-    for md5, name in dict.fromkeys(objects):
-        odb = repo.cache.legacy if name == "md5-dos2unix" else repo.cache.local
-        if odb.exists(md5):
-            present.append(HashInfo(name, md5))
-        else:
-            absent += 1
+    present, missing = _in_cache(repo, objects)
+    absent = len(missing)
     if not present:
         return 0, absent
     try:
@@ -57,12 +51,9 @@ def fetch_objects(dvc: Any, objects: Iterable[tuple[str, str]],
     fails, or it lacks one of them."""
     from dvc.config import NoRemoteError
     from dvc.exceptions import DvcException
-    from dvc_data.hashfile.hash_info import HashInfo
 
     repo = dvc.repo
-    wanted = [HashInfo(name, md5) for md5, name in dict.fromkeys(objects)
-              if not (repo.cache.legacy if name == "md5-dos2unix" else repo.cache.local)
-              .exists(md5)]
+    wanted = _in_cache(repo, objects)[1]
     if not wanted:
         return 0
     try:
@@ -79,3 +70,16 @@ def fetch_objects(dvc: Any, objects: Iterable[tuple[str, str]],
         raise MissingData(f"the DVC remote lacks {len(result.failed)} object(s) this needs:"
                           " push them from a machine that has them ('mlfork push')")
     return len(result.transferred)
+
+
+def _in_cache(repo: Any, objects: Iterable[tuple[str, str]]) -> tuple[list[Any], list[Any]]:
+    """The objects `(md5, hash name)` as DVC HashInfos: (those this cache holds, the others);
+    a `md5-dos2unix` hash (DVC 2's) lives in the legacy cache."""
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    present: list[Any] = []
+    missing: list[Any] = []
+    for md5, name in dict.fromkeys(objects):
+        odb = repo.cache.legacy if name == "md5-dos2unix" else repo.cache.local
+        (present if odb.exists(md5) else missing).append(HashInfo(name, md5))
+    return present, missing

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mlfork.adapters.tracking.reader import HistoryReader, PointSegment
 
 Source = Literal["auto", "tracking", "git"]
+Axis = Literal["iteration", "step"]
 COLUMNS = ["run", "owner", "iteration", "metric", "value", "inherited"]
 
 
@@ -63,13 +64,17 @@ def stitch(
     chains: dict[str, list[Link]] | None = None,
     fast: bool = True,
     reader: HistoryReader | None = None,
+    x: Axis = "iteration",
 ) -> pd.DataFrame:
     """Stitched (or own) metric series of `runs` from the tracking store alone: one read of
     the experiment's lineage tags, one bulk read of the points. `chains` (from git) skips
     the lineage tags; `fast=False` forces the public MLflow API path; `reader` reuses a
-    HistoryReader (and its MLflow client)."""
+    HistoryReader (and its MLflow client). `x="step"`: the per-step series (the MLflow
+    keys `step/<series>`, each run holding its own steps on the global axis), the owners'
+    step ranges from the forks' `mlfork.steps_inherited_until` tags."""
     from mlfork.adapters.tracking.reader import HistoryReader, PointSegment
 
+    per_step = x == "step"
     reader = reader or HistoryReader(uri, fast=fast)
     index = reader.runs(experiment)
     plan: list[tuple[str, str, Segment]] = []  # (requested run, run id, segment)
@@ -79,17 +84,24 @@ def stitch(
         for link in chain:
             if link.run not in index:
                 raise NotIndexed(link.run, uri)
-            logged |= {k for k in index[link.run].metric_keys if not k.startswith(PREFIX)}
-        for seg in segments(chain, mode):
+            keys = index[link.run].metric_keys
+            logged |= ({k[len(PREFIX):] for k in keys if k.startswith(PREFIX)} if per_step
+                       else {k for k in keys if not k.startswith(PREFIX)})
+        segs = step_segments(chain, index) if per_step else segments(chain)
+        for seg in segs[-1:] if mode == "own" else segs:
             plan.append((run, index[seg.owner].run_id, seg))
     wanted = check_metrics(metrics, logged, runs)
+    prefix = PREFIX if per_step else ""
     df = _frame(
         reader,
         [PointSegment(rid, s.first, s.last) for _, rid, s in plan],
-        sorted(wanted if wanted is not None else logged),
+        [prefix + m for m in sorted(wanted if wanted is not None else logged)],
         [(run, seg.owner) for run, _, seg in plan],
         list(runs),
     )
+    if per_step:
+        df = df.rename(columns={"iteration": "step"})
+        df["metric"] = df["metric"].str.slice(len(PREFIX))
     df.attrs.update(source="tracking", reader=reader.used)
     return df
 
@@ -182,14 +194,14 @@ def _frame_of(
     )
 
 
-def empty_frame() -> pd.DataFrame:
+def empty_frame(x: Axis = "iteration") -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(
         {
             "run": pd.Series(dtype=object),
             "owner": pd.Series(dtype=object),
-            "iteration": pd.Series(dtype="int64"),
+            x: pd.Series(dtype="int64"),
             "metric": pd.Series(dtype=object),
             "value": pd.Series(dtype="float64"),
             "inherited": pd.Series(dtype=bool),
@@ -202,8 +214,6 @@ def from_git(
 ) -> pd.DataFrame:
     """The same frame read from git: the metrics files at each end-of-iteration checkpoint
     (the truth the tracking store indexes)."""
-    import pandas as pd
-
     rows: list[tuple[str, str, int, str, float, bool]] = []
     logged: set[str] = set()
     for run in runs:
@@ -216,16 +226,43 @@ def from_git(
                 continue
             for key, value in cp.metrics.items():
                 rows.append((run, cp.run, it, key, value, cp.run != run))
+    return _git_frame(rows, logged, runs, metrics, "iteration")
+
+
+def steps_from_git(
+    project: Project, runs: Sequence[str], mode: Mode = "stitched", metrics: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The per-step frame read from git: the plots files at each end-of-iteration
+    checkpoint, placed on the global axis."""
+    rows: list[tuple[str, str, int, str, float, bool]] = []
+    logged: set[str] = set()
+    for run in runs:
+        ends, placed = _placed(project, run)
+        for it, cp in sorted(ends.items()):
+            for name, pts in placed.points.get(it, {}).items():
+                logged.add(name)
+                if mode == "own" and cp.run != run:
+                    continue
+                rows += [(run, cp.run, s, name, v, cp.run != run) for s, v in pts]
+    return _git_frame(rows, logged, runs, metrics, "step")
+
+
+def _git_frame(rows: list[tuple[str, str, int, str, float, bool]], logged: set[str],
+               runs: Sequence[str], metrics: Sequence[str], x: Axis) -> pd.DataFrame:
+    """Rows (run, owner, x, metric, value, inherited) as the frame: filtered by `metrics`
+    (one no run logged is NotFound), sorted by run (as given), metric, x."""
+    import pandas as pd
+
     wanted = check_metrics(metrics, logged, runs)
     if wanted is not None:
         rows = [r for r in rows if r[3] in wanted]
     if not rows:
-        df = empty_frame()
+        df = empty_frame(x)
     else:
         rank = {r: i for i, r in enumerate(runs)}
         rows.sort(key=lambda r: (rank[r[0]], r[3], r[2]))
-        df = pd.DataFrame(rows, columns=COLUMNS)
-        df["iteration"] = df["iteration"].astype("int64")
+        df = pd.DataFrame(rows, columns=["run", "owner", x, "metric", "value", "inherited"])
+        df[x] = df[x].astype("int64")
         df["value"] = df["value"].astype("float64")
         df["inherited"] = df["inherited"].astype(bool)
     df.attrs.update(source="git", reader="git")
@@ -260,34 +297,65 @@ def metrics(
     path); `"git"` reads the metrics files in git; `"auto"` reads the tracking store unless
     it is unreachable, lacks a run, or is behind git (writes waiting in the outbox, another
     last iteration), and then git. `df.attrs["source"]` says which was read."""
+    return _read(path, runs, mode, metrics, source, fast, "iteration")
+
+
+def steps(
+    path: str | os.PathLike[str] = ".",
+    runs: str | Sequence[str | None] | None = None,
+    *,
+    mode: Mode = "stitched",
+    metrics: Sequence[str] = (),
+    source: Source = "auto",
+    fast: bool = True,
+) -> pd.DataFrame:
+    """`mlfork metrics --x step`: the per-step series of `runs` on the global step axis (see
+    ops.kernel.steps), a DataFrame with columns run, owner, step, metric, value, inherited;
+    one row per (run, step, series), sorted by run (as given), series, step. Stitched: the
+    ancestors' steps up to each fork point, then the run's own; `own`: the run's own steps.
+    The sources as for `metrics`; `auto` reads git where the store lacks a point git has."""
+    return _read(path, runs, mode, metrics, source, fast, "step")
+
+
+def _read(path: str | os.PathLike[str], runs: str | Sequence[str | None] | None, mode: Mode,
+          metrics: Sequence[str], source: Source, fast: bool, x: Axis) -> pd.DataFrame:
+    """`metrics` (x="iteration") and `steps` (x="step"): one way to the frame, from the
+    store or from git."""
     if mode not in ("stitched", "own"):
         raise UsageError(f"mode must be 'stitched' or 'own', got {mode!r}")
     if source not in ("auto", "tracking", "git"):
         raise UsageError(f"source must be 'auto', 'tracking' or 'git', got {source!r}")
     project = Project.open(path, require_dvc=False)
     names = resolve_runs(project, runs)
-    if not logs_metrics(project, names):
+    per_step = x == "step"
+    read_git = steps_from_git if per_step else from_git
+    logs = (any(project.steps.sources(lineage.tip(project, r)) for r in names) if per_step
+            else logs_metrics(project, names))
+    if not logs:
         if metrics:
             check_metrics(metrics, set(), names)
-        df = empty_frame()
-        df.attrs.update(source="git", reader="git", note=NO_METRICS, logged=False)
+        df = empty_frame(x)
+        df.attrs.update(source="git", reader="git", note=NO_STEPS if per_step else NO_METRICS,
+                        logged=False)
         return df
     if source == "git":
-        return from_git(project, names, mode, metrics)
+        return read_git(project, names, mode, metrics)
     chains = {name: chain_from_git(project, name) for name in names}
     try:
         waiting = outbox.pending(project) if source == "auto" else []
         if waiting:
             raise _Behind(f"{len(waiting)} tracking write(s) wait in the outbox (delivered in"
                           " the background, or by 'mlfork sync')")
-        df = _from_store(project, names, chains, mode, metrics, fast)
-        if source == "auto":
+        df = _from_store(project, names, chains, mode, metrics, fast, x)
+        if source == "auto" and per_step:
+            _check_steps(project, names, mode, metrics, df)
+        elif source == "auto":
             _check_current(project, names, df)
         return df
     except (TrackingError, NotIndexed, _Behind) as exc:
         if source == "tracking":
             raise
-        df = from_git(project, names, mode, metrics)
+        df = read_git(project, names, mode, metrics)
         df.attrs["note"] = f"read from git: {exc}"
         return df
 
@@ -303,7 +371,9 @@ def _from_store(
     mode: Mode,
     metrics: Sequence[str],
     fast: bool,
+    x: Axis = "iteration",
 ) -> pd.DataFrame:
+    """The frame from the tracking store(s): the runs grouped by store and experiment."""
     import pandas as pd
 
     groups: dict[tuple[str, str], list[str]] = {}
@@ -312,7 +382,7 @@ def _from_store(
         key = (track.tracking_uri(project, rev), track.experiment_name(project, rev))
         groups.setdefault(key, []).append(name)
     frames = [
-        stitch(uri, exp, group, mode=mode, metrics=metrics, chains=chains, fast=fast)
+        stitch(uri, exp, group, mode=mode, metrics=metrics, chains=chains, fast=fast, x=x)
         for (uri, exp), group in groups.items()
     ]
     if len(frames) == 1:
@@ -321,7 +391,7 @@ def _from_store(
     rank = {r: i for i, r in enumerate(names)}
     df = pd.concat(frames, ignore_index=True)
     df = df.sort_values(
-        ["run", "metric", "iteration"], key=lambda s: s.map(rank) if s.name == "run" else s,
+        ["run", "metric", x], key=lambda s: s.map(rank) if s.name == "run" else s,
         kind="stable", ignore_index=True,
     )
     df.attrs.update(attrs)
@@ -346,60 +416,11 @@ def _check_current(project: Project, names: list[str], df: pd.DataFrame) -> None
 
 # -- per-step series -------------------------------------------------------------------------
 
-STEP_COLUMNS = ["run", "owner", "step", "metric", "value", "inherited"]
 NO_STEPS = (
     "the runs log no per-step series: DVC finds no plots file in their dvc.yaml (declare"
-    " one under 'plots:', as dvclive does) ; 'mlfork metrics' without --x step shows the"
+    " one under 'plots:', as dvclive does); 'mlfork metrics' without --x step shows the"
     " per-iteration metrics"
 )
-
-
-def steps(
-    path: str | os.PathLike[str] = ".",
-    runs: str | Sequence[str | None] | None = None,
-    *,
-    mode: Mode = "stitched",
-    metrics: Sequence[str] = (),
-    source: Source = "auto",
-    fast: bool = True,
-) -> pd.DataFrame:
-    """`mlfork metrics --x step`: the per-step series of `runs` on the global step axis (see
-    ops.kernel.steps), a DataFrame with columns run, owner, step, metric, value, inherited;
-    one row per (run, step, series), sorted by run (as given), series, step. Stitched: the
-    ancestors' steps up to each fork point, then the run's own; `own`: the run's own steps.
-    The sources as for `metrics`."""
-    if mode not in ("stitched", "own"):
-        raise UsageError(f"mode must be 'stitched' or 'own', got {mode!r}")
-    if source not in ("auto", "tracking", "git"):
-        raise UsageError(f"source must be 'auto', 'tracking' or 'git', got {source!r}")
-    project = Project.open(path, require_dvc=False)
-    names = resolve_runs(project, runs)
-    if not any(project.steps.sources(lineage.tip(project, r)) for r in names):
-        if metrics:
-            check_metrics(metrics, set(), names)
-        df = _empty_steps()
-        df.attrs.update(source="git", reader="git", note=NO_STEPS, logged=False)
-        return df
-    if source == "git":
-        return steps_from_git(project, names, mode, metrics)
-    try:
-        if source == "auto" and outbox.pending(project):
-            raise _Behind("tracking writes wait in the outbox (delivered in the background,"
-                          " or by 'mlfork sync')")
-        df = _steps_from_store(project, names, mode, metrics, fast)
-        if source == "auto":
-            _check_steps(project, names, mode, metrics, df)
-        return df
-    except (TrackingError, NotIndexed, _Behind) as exc:
-        if source == "tracking":
-            raise
-        df = steps_from_git(project, names, mode, metrics)
-        df.attrs["note"] = f"read from git: {exc}"
-        return df
-
-
-def _empty_steps() -> pd.DataFrame:
-    return empty_frame().rename(columns={"iteration": "step"})[STEP_COLUMNS]
 
 
 def _placed(project: Project, run: str) -> tuple[dict[int, Any], Any]:
@@ -407,39 +428,6 @@ def _placed(project: Project, run: str) -> tuple[dict[int, Any], Any]:
     rec = lineage.record(project, run, rev)
     ends = lineage.end_of_iteration(lineage.checkpoints(project, rev), rec.stages)
     return ends, project.steps.place(ends)
-
-
-def steps_from_git(
-    project: Project, runs: Sequence[str], mode: Mode = "stitched", metrics: Sequence[str] = ()
-) -> pd.DataFrame:
-    """The per-step frame read from git: the plots files at each end-of-iteration
-    checkpoint, placed on the global axis."""
-    import pandas as pd
-
-    rows: list[tuple[str, str, int, str, float, bool]] = []
-    logged: set[str] = set()
-    for run in runs:
-        ends, placed = _placed(project, run)
-        for it, cp in sorted(ends.items()):
-            for name, pts in placed.points.get(it, {}).items():
-                logged.add(name)
-                if mode == "own" and cp.run != run:
-                    continue
-                rows += [(run, cp.run, s, name, v, cp.run != run) for s, v in pts]
-    wanted = check_metrics(metrics, logged, runs)
-    if wanted is not None:
-        rows = [r for r in rows if r[3] in wanted]
-    if not rows:
-        df = _empty_steps()
-    else:
-        rank = {r: i for i, r in enumerate(runs)}
-        rows.sort(key=lambda r: (rank[r[0]], r[3], r[2]))
-        df = pd.DataFrame(rows, columns=STEP_COLUMNS)
-        df["step"] = df["step"].astype("int64")
-        df["value"] = df["value"].astype("float64")
-        df["inherited"] = df["inherited"].astype(bool)
-    df.attrs.update(source="git", reader="git")
-    return df
 
 
 def step_segments(chain: Sequence[Link], index: dict[str, Any]) -> list[Segment]:
@@ -460,74 +448,6 @@ def step_segments(chain: Sequence[Link], index: dict[str, Any]) -> list[Segment]
             continue
         out.append(Segment(link.run, first, last))
     return out
-
-
-def stitch_steps(
-    uri: str,
-    experiment: str,
-    runs: Sequence[str],
-    *,
-    mode: Mode = "stitched",
-    metrics: Sequence[str] = (),
-    chains: dict[str, list[Link]] | None = None,
-    fast: bool = True,
-    reader: HistoryReader | None = None,
-) -> pd.DataFrame:
-    """Stitched (or own) per-step series of `runs` from the tracking store alone: each
-    run of a lineage holds its own steps (`step/<series>` on the global axis); one bulk
-    read of the owners' step ranges."""
-    from mlfork.adapters.tracking.reader import HistoryReader, PointSegment
-
-    reader = reader or HistoryReader(uri, fast=fast)
-    index = reader.runs(experiment)
-    plan: list[tuple[str, str, Segment]] = []
-    logged: set[str] = set()
-    for run in runs:
-        chain = chains[run] if chains and run in chains else chain_from_tags(index, run, uri)
-        for link in chain:
-            if link.run not in index:
-                raise NotIndexed(link.run, uri)
-            logged |= {k[len(PREFIX):] for k in index[link.run].metric_keys
-                       if k.startswith(PREFIX)}
-        segs = step_segments(chain, index)
-        for seg in segs[-1:] if mode == "own" else segs:
-            plan.append((run, index[seg.owner].run_id, seg))
-    wanted = check_metrics(metrics, logged, runs)
-    df = _frame(
-        reader,
-        [PointSegment(rid, s.first, s.last) for _, rid, s in plan],
-        [PREFIX + m for m in sorted(wanted if wanted is not None else logged)],
-        [(run, seg.owner) for run, _, seg in plan],
-        list(runs),
-    )
-    df = df.rename(columns={"iteration": "step"})[STEP_COLUMNS]
-    df["metric"] = df["metric"].str.slice(len(PREFIX))
-    df.attrs.update(source="tracking", reader=reader.used)
-    return df
-
-
-def _steps_from_store(
-    project: Project, names: list[str], mode: Mode, metrics: Sequence[str], fast: bool
-) -> pd.DataFrame:
-    import pandas as pd
-
-    chains = {name: chain_from_git(project, name) for name in names}
-    groups: dict[tuple[str, str], list[str]] = {}
-    for name in names:
-        rev = lineage.tip(project, name)
-        key = (track.tracking_uri(project, rev), track.experiment_name(project, rev))
-        groups.setdefault(key, []).append(name)
-    frames = [stitch_steps(uri, exp, group, mode=mode, metrics=metrics, chains=chains,
-                           fast=fast) for (uri, exp), group in groups.items()]
-    if len(frames) == 1:
-        return frames[0]
-    attrs = frames[0].attrs
-    rank = {r: i for i, r in enumerate(names)}
-    df = pd.concat(frames, ignore_index=True).sort_values(
-        ["run", "metric", "step"], key=lambda s: s.map(rank) if s.name == "run" else s,
-        kind="stable", ignore_index=True)
-    df.attrs.update(attrs)
-    return df
 
 
 def _check_steps(project: Project, names: list[str], mode: Mode, metrics: Sequence[str],

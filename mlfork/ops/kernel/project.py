@@ -135,16 +135,10 @@ class Project:
         (md5, size, ...), from every dvc.lock of the project (one beside each dvc.yaml, a
         pipeline's stages may live in any folder). Entries of one text are shared: do not
         mutate them."""
-        import posixpath
+        from mlfork.adapters.dvc_files import project_entries
 
-        from mlfork.adapters.dvc_files import lock_outputs
-
-        found: dict[str, dict[str, Any]] = {}
-        for lock, _ in self.git.find_files(rev, "dvc.lock"):
-            folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
-            for path, entry in lock_outputs(self.git.read(rev, lock)).items():
-                found[posixpath.normpath(folder + path)] = entry
-        return found
+        return project_entries((lock, self.git.read(rev, lock))
+                               for lock, _ in self.git.find_files(rev, "dvc.lock"))
 
     def lock_of(self, rev: str, path: str) -> str | None:
         """The dvc.lock (project-relative) that records output `path` at `rev`."""

@@ -95,9 +95,10 @@ class StepReader:
                 rel = None
                 if path != source:
                     rel = posixpath.splitext(posixpath.relpath(path, source))[0]
-                for column, points in parse(path, data, x).items():
-                    name = (rel if rel is not None and _single(data, path, x) else
-                            f"{rel}/{column}" if rel is not None else column)
+                series = parse(path, data, x)
+                for column, points in series.items():
+                    name = (column if rel is None else rel if len(series) == 1
+                            else f"{rel}/{column}")
                     if name in out:
                         name = f"{posixpath.splitext(path)[0]}/{column}"
                     out[name] = points
@@ -234,10 +235,6 @@ def _columns(rows: list[dict[str, Any]], x: str | None) -> tuple[str | None, lis
     ys = [n for n in names if n != xcol and n not in _SKIP
           and any(_number(r.get(n)) is not None for r in rows)]
     return xcol, ys
-
-
-def _single(data: bytes, path: str, x: str | None) -> bool:
-    return len(_columns(_rows(path, data), x)[1]) == 1
 
 
 def parse(path: str, data: bytes, x: str | None) -> Points:

@@ -16,12 +16,10 @@ puts back when it fails.
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mlfork import faults, naming
 from mlfork.errors import DirtyWorkingTree, GitError
@@ -184,21 +182,20 @@ def record_repro(
     return commit
 
 
-def _changed_stages(project: Project, parent: str, pipeline: Pipeline) -> list[str]:
-    from mlfork.adapters.dvc_files import lock_deps, lock_outputs
+def workspace_locks(root: Path, locks: Iterable[str]) -> list[tuple[str, bytes | None]]:
+    """(path, text) of these dvc.lock files in the workspace (None: not there)."""
+    return [(lock, (root / lock).read_bytes() if (root / lock).exists() else None)
+            for lock in locks]
 
-    old: dict[str, Any] = {}
-    new: dict[str, Any] = {}
-    old_deps: dict[str, Any] = {}
-    new_deps: dict[str, Any] = {}
-    for lock in pipeline.lockfiles or ("dvc.lock",):  # one beside each dvc.yaml
-        folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
-        path = project.root / lock
-        before = project.git.read(parent, lock)
-        after = path.read_bytes() if path.exists() else None
-        for into, found in ((old, lock_outputs(before)), (new, lock_outputs(after)),
-                            (old_deps, lock_deps(before)), (new_deps, lock_deps(after))):
-            into.update({posixpath.normpath(folder + p): e for p, e in found.items()})
+
+def _changed_stages(project: Project, parent: str, pipeline: Pipeline) -> list[str]:
+    from mlfork.adapters.dvc_files import project_entries
+
+    locks = pipeline.lockfiles or ("dvc.lock",)  # one beside each dvc.yaml
+    before = [(lock, project.git.read(parent, lock)) for lock in locks]
+    after = workspace_locks(project.root, locks)
+    old, new = project_entries(before), project_entries(after)
+    old_deps, new_deps = project_entries(before, "deps"), project_entries(after, "deps")
     changed = []
     for stage in pipeline.stages:
         outs = [o.path for o in stage.outs]

@@ -4,7 +4,7 @@ metric points, status), derived from git alone. Its delivery is `outbox.py`'s.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -174,7 +174,8 @@ def full_write(project: Project, run: str, after: dict[str, Any] | None = None) 
 
 
 def per_step(
-    project: Project, rec: RunRecord, ends: dict[int, Checkpoint], wanted: Any
+    project: Project, rec: RunRecord, ends: dict[int, Checkpoint],
+    wanted: Callable[[int], bool],
 ) -> tuple[list[list[Any]], dict[str, str]]:
     """The run's own per-step points of the iterations `wanted(it)` accepts, as MLflow
     points `step/<series>` on the global step axis (the steps a fork inherits stay its

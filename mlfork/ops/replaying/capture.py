@@ -4,29 +4,11 @@ the iteration's last stage."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from mlfork import naming
-from mlfork.models import Pipeline, Policy, RunRecord
+from mlfork.models import Policy, RunRecord
 from mlfork.ops.kernel.project import Project
 from mlfork.ops.running.common import now_iso
-
-
-def workspace_outputs(root: Path, pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """Every stage output the workspace's dvc.lock files record (one beside each dvc.yaml),
-    project-relative path -> entry."""
-    import posixpath
-
-    from mlfork.adapters.dvc_files import lock_outputs
-
-    found: dict[str, dict[str, Any]] = {}
-    for lock in pipeline.lockfiles or ("dvc.lock",):
-        path = root / lock
-        folder = lock.rsplit("/", 1)[0] + "/" if "/" in lock else ""
-        text = path.read_bytes() if path.exists() else None
-        found.update({posixpath.normpath(folder + p): e for p, e in lock_outputs(text).items()})
-    return found
 
 
 def write_manifest(
@@ -42,7 +24,9 @@ def write_manifest(
     resume_input: str | None,
 ) -> None:
     """.mlfork/replay.json for this iteration, committed with its last stage."""
+    from mlfork.adapters.dvc_files import project_entries
     from mlfork.adapters.tracking.store import redact_uri
+    from mlfork.ops.kernel.workspace import workspace_locks
     from mlfork.ops.replaying import datasets, manifest
 
     root = project.root
@@ -50,7 +34,8 @@ def write_manifest(
     pipeline = project.pipeline()
     exclude = tuple(p for p in (resume_input, policy.checkpoint_output) if p)
     data = datasets.datasets(
-        root, config, policy.locked, workspace_outputs(root, pipeline),
+        root, config, policy.locked,
+        project_entries(workspace_locks(root, pipeline.lockfiles or ("dvc.lock",))),
         datasets.sources_of(pipeline), datasets.stage_params(pipeline),
         datasets.stage_outs(pipeline), exclude=exclude,
         cache=datasets.HashCache(project.local("hashes.json")),

@@ -259,23 +259,19 @@ def average(files: Sequence[bytes], labels: Sequence[str], weights: Sequence[flo
             obj: str = "model", only: str | None = None) -> tuple[bytes, list[str], list[str]]:
     """The averaged state file's bytes, the names averaged, the names kept (the first
     source's). MergeMismatch names the first difference between the states."""
-    import tempfile
+    import io
 
     import numpy as np
 
     states = []
     for data, label in zip(files, labels, strict=True):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "state")
-            with open(path, "wb") as fh:
-                fh.write(data)
-            try:
-                states.append(state.read_raw(path))
-            except state.StateError:
-                raise MergeMismatch(
-                    f"the checkpoint of {label} is not an mlfork.state file: merge averages"
-                    " checkpoints saved with mlfork.state.save"
-                ) from None
+        try:
+            states.append(state.read_raw(io.BytesIO(data)))
+        except state.StateError:
+            raise MergeMismatch(
+                f"the checkpoint of {label} is not an mlfork.state file: merge averages"
+                " checkpoints saved with mlfork.state.save"
+            ) from None
     trees = [t for t, _ in states]
     if obj not in trees[0]["objects"]:
         known = ", ".join(sorted(trees[0]["objects"])) or "none"
