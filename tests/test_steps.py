@@ -138,3 +138,43 @@ def test_a_stage_in_a_folder_dvc_yaml_feeds_the_replay_manifest(lineages: dict[s
     (rows,) = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "logs/rows.txt"]
     assert manifest["datasets"]["train/logs/rows.txt"]["md5"] == rows["md5"]
     assert "train/model.json" not in manifest["datasets"]  # the checkpoint is not data
+
+
+def test_a_clone_with_an_empty_cache_reads_the_same_steps(lineages: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """The `json` project's series are cached DVC outputs: a teammate's clone, its cache
+    empty, fetches them from the DVC remote and places them on the same axis; without a
+    remote it says what to do rather than shifting the steps."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import git
+
+    root = tmp_path / "alice"
+    shutil.copytree(lineages["json"], root, symlinks=True)
+    bare = tmp_path / "team.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(root, "switch", "-q", "main")
+    git(root, "remote", "add", "origin", str(bare))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=root,
+                   check=True, capture_output=True)
+    git(root, "commit", "-qam", "the team's DVC remote")
+    git(root, "push", "-q", "origin", "main")
+    ok(cli(root, "push"))
+    want = jcli(root, "metrics", "g2", "--x", "step", "--source", "git")
+    clone = tmp_path / "bob"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))
+    ok(cli(clone, "init"))
+    cache = clone / ".dvc" / "cache"
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # nothing fetched yet
+    assert jcli(clone, "metrics", "g2", "--x", "step", "--source", "git") == want
+    bare_clone = tmp_path / "carol"
+    git(tmp_path, "clone", "-q", str(bare), str(bare_clone))
+    subprocess.run([dvc, "remote", "remove", "store"], cwd=bare_clone, check=True,
+                   capture_output=True)
+    ok(cli(bare_clone, "init"))
+    refused = cli(bare_clone, "metrics", "g2", "--x", "step", "--source", "git")
+    assert refused.returncode == 17 and "per-step series" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -147,7 +147,8 @@ class StepReader:
 
     def _files(self, rev: str, source: str) -> list[tuple[str, bytes]]:
         """The data files of `source` at `rev`: from git, or from the DVC cache for a
-        DVC-tracked file or folder (an object this cache lacks is skipped)."""
+        DVC-tracked file or folder (an object this cache lacks is fetched from the DVC
+        remote: a step series cannot be placed without every earlier one)."""
         git = self.project.git
         listed = [p for p in git.tracked_under(rev, source) if p.endswith(_SUFFIXES)]
         if listed:
@@ -159,30 +160,38 @@ class StepReader:
             if not md5:
                 continue
             if out == source and not md5.endswith(".dir"):
-                data = _cached(dvc, md5)
-                return [(source, data)] if data is not None else []
+                return [(source, _cached(dvc, md5, source, rev))]
             if md5.endswith(".dir") and (source == out or source.startswith(out + "/")):
-                manifest = _cached(dvc, md5)
-                if manifest is None:
-                    return []
+                manifest = _cached(dvc, md5, out, rev)
                 found = []
                 for item in json.loads(manifest):
                     path = f"{out}/{item['relpath']}"
                     inside = path == source or path.startswith(source.rstrip("/") + "/")
                     if inside and path.endswith(_SUFFIXES):
-                        data = _cached(dvc, str(item["md5"]))
-                        if data is not None:
-                            found.append((path, data))
+                        found.append((path, _cached(dvc, str(item["md5"]), path, rev)))
                 return sorted(found)
         return []
 
 
-def _cached(dvc: Any, md5: str) -> bytes | None:
+def _cached(dvc: Any, md5: str, path: str, rev: str) -> bytes:
+    """The object `md5` from the DVC cache, fetched from the DVC remote when the cache
+    lacks it (a clone's cache starts empty). MissingData when no remote has it."""
+    from mlfork.errors import MissingData
+
+    target = dvc.cache_path(md5)
+    if not target.exists() and dvc.default_remote() is not None:
+        from mlfork.adapters.dvc_remote import fetch_objects
+
+        fetch_objects(dvc, [(md5, "md5")])
     try:
-        data: bytes = dvc.cache_path(md5).read_bytes()
+        data: bytes = target.read_bytes()
         return data
     except OSError:
-        return None
+        raise MissingData(
+            f"the per-step series '{path}' of commit {rev[:10]} is in neither the DVC cache"
+            " nor a DVC remote: add the project's DVC remote ('dvc remote add -d NAME URL'),"
+            " or push the run's data from a machine that has it ('mlfork push')"
+        ) from None
 
 
 def _accumulated(raw: Points, known: dict[str, dict[int, float]], last: int) -> bool:

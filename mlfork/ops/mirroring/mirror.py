@@ -180,11 +180,15 @@ def per_step(
     """The run's own per-step points of the iterations `wanted(it)` accepts, as MLflow
     points `step/<series>` on the global step axis (the steps a fork inherits stay its
     ancestors'), and, for a fork, the tag naming the last step it inherits."""
+    from mlfork.errors import MissingData
     from mlfork.ops.kernel.steps import PREFIX
 
     if not ends:
         return [], {}
-    placed = project.steps.place(ends)
+    try:
+        placed = project.steps.place(ends)
+    except MissingData:  # an earlier series is nowhere to be had: none placed wrongly
+        return [], {}
     until = -1
     if rec.parent is not None:
         until = lineage.inherited_until(rec.parent.iteration, rec.parent.step, rec.stages)

@@ -21,6 +21,7 @@ from mlfork import faults, naming
 from mlfork.errors import (
     ConfigError,
     Interrupted,
+    MissingData,
     RunTimeout,
     StageFailed,
 )
@@ -222,7 +223,12 @@ class _Engine:
         seed = str(int_or(composed.config.get("seed"), 0))
         self.env["PYTHONHASHSEED"] = self.pythonhashseed or seed
         # where the iteration's per-step series start on the run's global step axis
-        self.env[steps.OFFSET_ENV] = str(project.steps.offset(state.rev, it))
+        try:
+            self.env[steps.OFFSET_ENV] = str(project.steps.offset(state.rev, it))
+        except MissingData as exc:  # earlier series nowhere to be had: no offset to give
+            self.env.pop(steps.OFFSET_ENV, None)
+            self.progress(Event("warning", rec.name, message=f"{exc} (no {steps.OFFSET_ENV}"
+                                                              " for this iteration)"))
         if not (self.resume_input and policy.checkpoint_output):
             return
         source = None
