@@ -66,15 +66,18 @@ def test_branch_returns_before_mlflow_and_the_fork_appears(base_project: Path) -
     try:
         found = poll(root, "f", lambda r: "mlfork.mirrored" in r.data.tags)
         assert found is not None, (root / ".mlfork/local/sync.log").read_text()
-        # a fork not run yet is "stopped" in `mlfork runs`, KILLED in MLflow: not SCHEDULED
-        runs = json.loads(cli(root, "runs", "--json").stdout)
-        assert {r["name"]: r["status"] for r in runs}["f"] == "stopped"
-        assert found.info.status == "KILLED"
-        # its inherited points (iterations 0 and 1 of base), once
-        assert set(metric_steps(root, "f")["log_loss"]) == {0, 1}
-        assert found.data.tags["mlfork.parent_run"] == "base"
     finally:
         settle(root)
+    # read again once every write is in: MLflow's sqlite reads are several SELECTs, not one
+    # snapshot, and a read during the write can see its last tag with the status before it
+    found = mlflow_run(root, "f")
+    # a fork not run yet is "stopped" in `mlfork runs`, KILLED in MLflow: not SCHEDULED
+    runs = json.loads(cli(root, "runs", "--json").stdout)
+    assert {r["name"]: r["status"] for r in runs}["f"] == "stopped"
+    assert found.info.status == "KILLED"
+    # its inherited points (iterations 0 and 1 of base), once
+    assert set(metric_steps(root, "f")["log_loss"]) == {0, 1}
+    assert found.data.tags["mlfork.parent_run"] == "base"
     assert outbox(root) == []
     log = (root / ".mlfork/local/sync.log").read_text()
     done = json.loads(log.strip().splitlines()[-1])
@@ -175,6 +178,8 @@ def test_run_end_is_delivered_in_the_background(project: Path) -> None:
         assert found is not None, (root / ".mlfork/local/sync.log").read_text()
     finally:
         settle(root)
+    found = mlflow_run(root, "bg")  # whole, once every write is in
+    assert found.info.status == "FINISHED"
     assert metric_steps(root, "bg")["log_loss"] == [0, 1]
     mark = json.loads(found.data.tags["mlfork.mirrored"])
     assert mark["commit"] == git(root, "rev-parse", "mlfork/bg").strip()
