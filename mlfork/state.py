@@ -17,7 +17,9 @@ such as a DataLoader's), of every object passed by keyword that has
 counters (`step`, `epoch`, `samples`), and the determinism settings (`PYTHONHASHSEED`; with
 PyTorch, `torch.use_deterministic_algorithms`, cuDNN's flags and `CUBLAS_WORKSPACE_CONFIG`):
 a warning at load time names any that differ. With PyTorch imported by the script, torch's
-CPU generator and every CUDA device's are saved too, and tensors anywhere in a state
+CPU generator and every CUDA device's are saved too, the generator a data loader given
+as an object draws from (torchdata's `StatefulDataLoader`: a resume inside an epoch is
+exact), and tensors anywhere in a state
 (kept with their dtype; loaded on the CPU, where `load_state_dict` moves them). The file is
 a zip of NumPy `.npy` arrays and one JSON document: loading it unpickles nothing, and the
 same state always gives the same bytes (so checkpoint hashes compare, as `mlfork verify`
@@ -76,17 +78,23 @@ def save(
     import numpy as np
 
     arrays: list[Any] = []
+    # the objects' states first: a StatefulDataLoader not iterated yet draws from its
+    # generator to give its state, and the generators are saved as they are after that
+    states = {name: _encode(_state_of(name, obj), arrays) for name, obj in sorted(objects.items())}
     tree = {
         "random": _encode(random.getstate(), arrays),
         "numpy": _encode(np.random.get_state(legacy=True), arrays),
         "generators": {name: _encode(_generator_state(gen), arrays)
                        for name, gen in sorted((generators or {}).items())},
-        "objects": {name: _encode(_state_of(name, obj), arrays)
-                    for name, obj in sorted(objects.items())},
+        "objects": states,
         "torch": _encode(_torch_rng(), arrays),
         "counters": {"step": int(step), "epoch": int(epoch), "samples": int(samples)},
         "determinism": _determinism(),
     }
+    attached = _attached(objects, generators or {})
+    if attached:
+        tree["attached"] = {name: _encode(_generator_state(gen), arrays)
+                            for name, gen in sorted(attached.items())}
     if info:
         tree["info"] = _encode(dict(info), arrays)
     write_raw(path, tree, arrays)
@@ -187,10 +195,18 @@ def load(
     _match("object", tree["objects"], objects, path)
     random.setstate(_decode(tree["random"], arrays))
     np.random.set_state(_decode(tree["numpy"], arrays))
-    for name, gen in (generators or {}).items():
-        _set_generator_state(gen, _decode(tree["generators"][name], arrays))
     for name, obj in objects.items():
         obj.load_state_dict(_decode(tree["objects"][name], arrays))
+        if getattr(obj, "next_iter_state", None) is not None and hasattr(obj, "_get_iterator"):
+            # a StatefulDataLoader restores on its next iter(), drawing from its generator
+            # in an order its own restore does not undo: restored now, the generators after
+            obj.state_dict()
+    for name, gen in (generators or {}).items():
+        _set_generator_state(gen, _decode(tree["generators"][name], arrays))
+    attached = _attached(objects, generators or {})
+    for name, saved in (tree.get("attached") or {}).items():
+        if name in attached:
+            _set_generator_state(attached[name], _decode(saved, arrays))
     _set_torch_rng(_decode(tree.get("torch"), arrays), path)
     now = _determinism()
     for key, saved in sorted((tree.get("determinism") or {}).items()):
@@ -203,6 +219,18 @@ def load(
 def _torch() -> Any:
     """PyTorch, if the script has imported it (this module never imports it itself)."""
     return sys.modules.get("torch")
+
+
+def _attached(objects: Mapping[str, Any], generators: Mapping[str, Any]) -> dict[str, Any]:
+    """The torch generators objects draw from that `generators` does not name (a data
+    loader's `generator=`), by the object's name: saved and put back with it."""
+    torch = _torch()
+    if torch is None:
+        return {}
+    given = {id(gen) for gen in generators.values()}
+    return {name: obj.generator for name, obj in sorted(objects.items())
+            if isinstance(getattr(obj, "generator", None), torch.Generator)
+            and id(obj.generator) not in given}
 
 
 def _generator_state(gen: Any) -> Any:
