@@ -75,6 +75,22 @@ def test_rebuild_on_a_full_store_recreates_the_same_contents(lineage: Path) -> N
     assert store(lineage) == before
 
 
+def test_rebuild_removes_duplicate_mlflow_runs_too(lineage: Path) -> None:
+    """A second MLflow run of one mlfork run (two writers raced, or a copy made by hand)
+    is gone after a rebuild, not left beside the rebuilt one."""
+    before = store(lineage)
+    client = MlflowClient(tracking_uri=f"sqlite:///{lineage}/.mlfork/local/mlflow.db")
+    exp = client.get_experiment_by_name(lineage.name)
+    client.create_run(exp.experiment_id, tags={"mlfork.run": "f1"}, run_name="f1")
+    assert len(client.search_runs([exp.experiment_id])) == 4
+
+    result = cli(lineage, "sync", "--rebuild")
+
+    assert result.returncode == 0, result.stderr
+    assert len(client.search_runs([exp.experiment_id])) == 3
+    assert store(lineage) == before
+
+
 def test_sync_twice_changes_nothing(lineage: Path) -> None:
     assert cli(lineage, "sync").returncode == 0
     once = store(lineage)

@@ -61,6 +61,7 @@ class GitReader:
         self.prefix = prefix.strip("/")
         self.root = self.workdir / self.prefix if self.prefix else self.workdir
         self._found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._commits: dict[str, Commit] = {}  # by id: a commit never changes
 
     @property
     def git_dir(self) -> Path:
@@ -175,23 +176,33 @@ class GitReader:
         return self._to_commit(obj)
 
     def _to_commit(self, c: pygit2.Commit) -> Commit:
-        return Commit(
-            id=str(c.id),
-            message=c.message,
-            time=c.commit_time,
-            parents=tuple(str(p) for p in c.parent_ids),
-            trailers=naming.parse_trailers(c.message),
-            author=c.author.name,
-        )
+        key = str(c.id)
+        found = self._commits.get(key)
+        if found is None:
+            found = self._commits[key] = Commit(
+                id=key,
+                message=c.message,
+                time=c.commit_time,
+                parents=tuple(str(p) for p in c.parent_ids),
+                trailers=naming.parse_trailers(c.message),
+                author=c.author.name,
+            )
+        return found
 
     def first_parent_walk(self, start: str) -> Iterator[Commit]:
         """Commits from `start` back along first parents, newest first. Each step reads one
-        commit: the walk costs what it yields, not the whole history."""
-        obj = self._repo.get(start)
-        while isinstance(obj, pygit2.Commit):
-            yield self._to_commit(obj)
-            parents = obj.parent_ids
-            obj = self._repo.get(parents[0]) if parents else None
+        commit: the walk costs what it yields, not the whole history; a commit read once
+        (the shared history of a run's forks) is not parsed again."""
+        key: str | None = start
+        while key is not None:
+            commit = self._commits.get(key)
+            if commit is None:
+                obj = self._repo.get(key)
+                if not isinstance(obj, pygit2.Commit):
+                    return
+                commit = self._to_commit(obj)
+            yield commit
+            key = commit.parents[0] if commit.parents else None
 
     def _object_at(self, rev: str, path: str) -> pygit2.Object | None:
         """The blob or tree at project-relative `path` in commit `rev`, or None."""

@@ -88,6 +88,9 @@ class Tracker:
         self._experiments: dict[str, str] = {}
         self._runs: dict[tuple[str, str], str] = {}
         self._known: dict[tuple[str, str], Indexed] = {}
+        # experiments read whole by `index` (or emptied by a rebuild): a run they lack is
+        # not searched for again; creating it still looks (`_find_or_create`)
+        self._indexed: set[str] = set()
         self.warnings: list[str] = []  # what a write had to say (a value MLflow would cut)
 
     @property
@@ -159,6 +162,8 @@ class Tracker:
         key = (experiment, run)
         if key in self._runs:
             return self._runs[key]
+        if experiment in self._indexed:
+            return None
         found = self._candidates(experiment, run)
         if not found:
             return None
@@ -199,20 +204,23 @@ class Tracker:
         for name, found in by_run.items():
             found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
             self._remember(experiment, name, found[0])
+        self._indexed.add(experiment)
         return by_run
 
-    def _find_or_create(self, w: RunWrite) -> str:
-        """The MLflow run of `w.run`, created if there is none. Two writers racing (a sync
-        during a run, two clones) may both create one: each then looks again, and all agree
-        on the canonical one; a writer whose own run lost deletes it."""
+    def _find_or_create(self, w: RunWrite) -> tuple[str, bool]:
+        """The MLflow run of `w.run`, created if there is none, and whether it was created
+        now. Two writers racing (a sync during a run, two clones) may both create one: on
+        an embedded store creations are serialized; against a server each writer looks
+        again, and all agree on the canonical one (a writer whose own run lost deletes
+        it)."""
         run_id = self.find_run(w.experiment, w.run)
         if run_id is not None:
-            return run_id
+            return run_id, False
         with self._creating():  # one creator at a time on this machine's embedded store
             found = self._candidates(w.experiment, w.run)
             if found:  # another process created it meanwhile
                 self._remember(w.experiment, w.run, found[0])
-                return str(found[0].info.run_id)
+                return str(found[0].info.run_id), False
             created = self.call(
                 "create a run",
                 self.client.create_run,
@@ -222,13 +230,15 @@ class Tracker:
                 run_name=w.run,
             )
         mine = created.info.run_id
-        found = self._candidates(w.experiment, w.run)
-        canonical = found[0].info.run_id if found else mine
-        if canonical != mine:
-            self.call("be written", self.client.delete_run, mine)
+        canonical = mine
+        if sqlite_path(self.uri) is None:  # a server's writers are not serialized here
+            found = self._candidates(w.experiment, w.run)
+            canonical = found[0].info.run_id if found else mine
+            if canonical != mine:
+                self.call("be written", self.client.delete_run, mine)
         self._runs[(w.experiment, w.run)] = canonical
         self._known.pop((w.experiment, w.run), None)
-        return str(canonical)
+        return str(canonical), canonical == mine
 
     @contextlib.contextmanager
     def _creating(self) -> Any:
@@ -260,10 +270,6 @@ class Tracker:
                 deleted += 1
         return deleted
 
-    def run_ids(self, experiment: str) -> dict[str, str]:
-        """mlfork run name -> MLflow run id, for every mlfork run of the experiment."""
-        return {name: found[0].info.run_id for name, found in self.index(experiment).items()}
-
     def write(self, w: RunWrite) -> str:
         """Apply one RunWrite; idempotent. Returns the MLflow run id."""
         from mlflow.entities import Metric, Param, RunTag
@@ -274,7 +280,7 @@ class Tracker:
             self._runs.pop((w.experiment, w.run), None)
             self._known.pop((w.experiment, w.run), None)
             return ""
-        run_id = self._find_or_create(w)
+        run_id, created = self._find_or_create(w)
         faults.point("mirror.created")
         tag_values = dict(w.tags)
         parent = tag_values.get(naming.TAG_PARENT_RUN)
@@ -288,18 +294,18 @@ class Tracker:
         params = [Param(k, clip(v, PARAM_VALUE_LIMIT)) for k, v in sorted(param_values.items())]
         metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in w.metrics
                    if key_problem(k) is None]
-        for i in range(0, len(tags), MAX_TAGS):
-            self.call("be written", self.client.log_batch, run_id, tags=tags[i : i + MAX_TAGS])
-        faults.point("mirror.tags")
-        if params:
+        if params and not created:  # a param, once logged, cannot be logged again
             existing = self.call("be read", self.client.get_run, run_id).data.params
             params = [p for p in params if p.key not in existing]
-        for i in range(0, len(params), MAX_PARAMS):
-            self.call(
-                "be written", self.client.log_batch, run_id, params=params[i : i + MAX_PARAMS]
-            )
-        if len(metrics) > MAX_METRICS and self._insert_points(run_id, metrics):
-            metrics = []  # written in one transaction (per-step series: many points)
+        # tags and params together (MLflow takes up to 100 of each a batch): one batch for
+        # most runs
+        size = min(MAX_TAGS, MAX_PARAMS)
+        for i in range(0, max(len(tags), len(params)), size):
+            self.call("be written", self.client.log_batch, run_id, tags=tags[i : i + size],
+                      params=params[i : i + size])
+        faults.point("mirror.tags")
+        if metrics and self._insert_points(run_id, metrics):
+            metrics = []  # an embedded store's: written in one transaction
         for i in range(0, len(metrics), MAX_METRICS):
             self.call(
                 "be written",
@@ -403,10 +409,12 @@ class Tracker:
         return out
 
     def delete_experiment_runs(self, experiment: str) -> int:
-        """Delete every mlfork run of the experiment (for `mlfork sync --rebuild`)."""
-        ids = self.run_ids(experiment)
-        for rid in ids.values():
-            self.call("be written", self.client.delete_run, rid)
+        """Delete every mlfork run of the experiment, duplicates too (for `mlfork sync
+        --rebuild`); the number of mlfork runs it had."""
+        by_run = self.index(experiment)
+        for found in by_run.values():
+            for r in found:
+                self.call("be written", self.client.delete_run, r.info.run_id)
         self._runs = {k: v for k, v in self._runs.items() if k[0] != experiment}
         self._known = {k: v for k, v in self._known.items() if k[0] != experiment}
-        return len(ids)
+        return len(by_run)

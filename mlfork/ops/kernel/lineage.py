@@ -162,10 +162,8 @@ def walk(project: Project, rev: str) -> Iterator[Commit]:
     for commit in project.git.first_parent_walk(rev):
         yield commit
         t = commit.trailers
-        if t is not None and not t.is_checkpoint:
-            rec = project.read_record(commit.id)
-            if rec is None or rec.parent is None:
-                return
+        if t is not None and not t.is_checkpoint and project.starts_lineage(commit.id):
+            return
 
 
 def history(project: Project, rev: str) -> list[Commit]:

@@ -310,10 +310,20 @@ class Project:
     # -- run records ----------------------------------------------------------------------------
 
     def read_record(self, rev: str) -> RunRecord | None:
-        """The run record committed at `rev` (memoized by commit: it never changes)."""
+        """The run record committed at `rev` (memoized by commit: it never changes); a
+        copy the caller may change."""
+        rec = self._record(rev)
+        return None if rec is None else RunRecord.from_dict(rec.to_dict())
+
+    def starts_lineage(self, rev: str) -> bool:
+        """Does the history of a run begin at `rev`: a commit with no run record, or with
+        the record of a run that is no fork? (Where a walk back along a run stops.)"""
+        rec = self._record(rev)
+        return rec is None or rec.parent is None
+
+    def _record(self, rev: str) -> RunRecord | None:
         if rev in self._records:
-            cached = self._records[rev]
-            return None if cached is None else RunRecord.from_dict(cached.to_dict())
+            return self._records[rev]
         data = self.git.read(rev, naming.RUN_RECORD)
         if data is None:
             self._records[rev] = None
@@ -322,9 +332,8 @@ class Project:
             loaded = load_yaml(data)
         except yaml.YAMLError as exc:
             raise MalformedFile(naming.RUN_RECORD, str(exc).splitlines()[0]) from exc
-        rec = RunRecord.from_dict(loaded)
-        self._records[rev] = rec
-        return RunRecord.from_dict(rec.to_dict())
+        rec = self._records[rev] = RunRecord.from_dict(loaded)
+        return rec
 
     def write_record(self, record: RunRecord) -> None:
         path = self.root / naming.RUN_RECORD
