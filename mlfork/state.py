@@ -103,12 +103,15 @@ def save(
 def peek(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a state file holds, put back nowhere: its counters (`step`, `epoch`,
     `samples`), its `info`, and its `objects` (each object's state as saved: the arrays of
-    a NumPy model, the tensors of a PyTorch one when torch is imported). No random state
+    a NumPy model; the tensors of a PyTorch one, as tensors when the script has imported
+    torch, else as NumPy arrays, a bfloat16 one as its bits in int16). No random state
     changes: what an evaluation stage reads."""
     tree, arrays = read_raw(path)
+    arrays_only = _torch() is None
     out: dict[str, Any] = {k: int(v) for k, v in tree["counters"].items()}
-    out["info"] = _decode(tree.get("info") or {"__dict__": []}, arrays)
-    out["objects"] = {name: _decode(value, arrays) for name, value in tree["objects"].items()}
+    out["info"] = _decode(tree.get("info") or {"__dict__": []}, arrays, arrays_only)
+    out["objects"] = {name: _decode(value, arrays, arrays_only)
+                      for name, value in tree["objects"].items()}
     return out
 
 
@@ -348,14 +351,17 @@ def _encode(value: Any, arrays: list[Any]) -> Any:
                      " state as arrays, numbers, strings, lists, tuples and dicts")
 
 
-def _decode(value: Any, arrays: list[Any]) -> Any:
+def _decode(value: Any, arrays: list[Any], arrays_only: bool = False) -> Any:
+    """The value `_encode` encoded; `arrays_only`: tensors as their NumPy arrays."""
     if isinstance(value, list):
-        return [_decode(v, arrays) for v in value]
+        return [_decode(v, arrays, arrays_only) for v in value]
     if not isinstance(value, dict):
         return value
     if "__array__" in value:
         array = arrays[value["__array__"]]
         return array[()] if value.get("scalar") else array
+    if "__tensor__" in value and arrays_only:
+        return arrays[value["__tensor__"]]
     if "__tensor__" in value:
         torch = _torch()
         if torch is None:
@@ -369,9 +375,10 @@ def _decode(value: Any, arrays: list[Any]) -> Any:
     if "__bytes__" in value:
         return base64.b64decode(value["__bytes__"])
     if "__tuple__" in value:
-        return tuple(_decode(v, arrays) for v in value["__tuple__"])
+        return tuple(_decode(v, arrays, arrays_only) for v in value["__tuple__"])
     if "__dict__" in value:
-        return {k: _decode(v, arrays) for k, v in value["__dict__"]}
+        return {k: _decode(v, arrays, arrays_only) for k, v in value["__dict__"]}
     if "__map__" in value:
-        return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__map__"]}
+        return {_decode(k, arrays, arrays_only): _decode(v, arrays, arrays_only)
+                for k, v in value["__map__"]}
     raise StateError(f"unknown entry in a state file: {sorted(value)[:3]}")

@@ -322,6 +322,26 @@ def test_torch_tensors_keep_their_dtype(tmp_path: Path) -> None:
         assert back.d[key].dtype == tensor.dtype and torch.equal(back.d[key], tensor), key
 
 
+def test_peek_reads_a_torch_state_where_torch_is_not_imported(tmp_path: Path) -> None:
+    """An evaluation script that never imports torch reads a PyTorch checkpoint's tensors
+    as NumPy arrays (a data loader's generator state among them)."""
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    state.save(tmp_path / "m.ckpt", info={"kind": "linear"}, model=model)
+    code = ("import sys, numpy as np; from mlfork import state\n"
+            "s = state.peek(sys.argv[1])\n"
+            "assert 'torch' not in sys.modules\n"
+            "w = s['objects']['model']['weight']\n"
+            "np.save(sys.argv[2], w)\n"
+            "print(type(w).__name__, w.dtype, w.shape, s['info']['kind'])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.ckpt"),
+                           str(tmp_path / "w.npy")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ndarray", "float32", "(2,", "3)", "linear"]
+    assert np.array_equal(np.load(tmp_path / "w.npy"), model.weight.detach().numpy())
+
+
 def test_info_and_peek_read_a_state_without_touching_any_generator(tmp_path: Path) -> None:
     state.seed_everything(1)
     state.save(tmp_path / "s.ckpt", epoch=3, info={"model": "mlp", "sizes": [64, 10]},
