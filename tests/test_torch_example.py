@@ -128,10 +128,15 @@ def test_merge_averages_two_forks_tensor_by_tensor(project: Path) -> None:
     assert isinstance(tree, list)
     nodes = {n["name"]: n for root in tree for n in _walk(root)}
     assert nodes["soup"]["merged"] == ["a@1", "b@1"] and nodes["soup"]["parent"] == "a"
+    # no metric of its own yet (the metrics files are a's): none shown, not a's as the soup's
+    assert nodes["soup"]["headline_value"] is None and nodes["a"]["headline_value"] is not None
+    runs = {r["name"]: r for r in jcli(project, "runs")}  # type: ignore[union-attr]
+    assert runs["soup"]["headline_value"] is None
     # it trains on from the soup
     ok(cli(project, "resume", "soup", "--iterations", "1"))
     runs = {r["name"]: r for r in jcli(project, "runs")}  # type: ignore[union-attr]
     assert runs["soup"]["status"] == "completed" and runs["soup"]["done"] == 3
+    assert runs["soup"]["headline_value"] is not None
     # its MLflow run names its sources and weights
     from mlflow.tracking import MlflowClient
 

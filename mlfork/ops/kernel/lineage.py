@@ -242,6 +242,9 @@ def run_info(project: Project, run: str) -> RunInfo:
     done = pos.done(rec.stages) if rec.stages else 0
     status = run_status(project, run, done, rec.iterations)
     headline, value = headline_at(project, rev)
+    if rec.merged and (latest := latest_checkpoint(project, rev)) is not None \
+            and latest.run != run:
+        value = None  # the metrics files are the first source's: the soup is not evaluated
     return RunInfo(
         name=run,
         branch=naming.branch_name(run),
