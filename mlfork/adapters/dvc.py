@@ -335,16 +335,7 @@ class DvcProject:
         """Put a small file into the cache under `md5` (what `dvc add` would store) and
         ignore it in git as `dvc add` does, without DVC re-hashing anything. Returns the
         object's path if it was not in the cache before."""
-        odb = self.repo.cache.local
-        target = Path(odb.oid_to_path(md5))
-        added = None
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".mlfork-tmp")
-            tmp.write_bytes(path.read_bytes())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-            added = target
+        added = self.put_object(path.read_bytes(), md5)
         ignore = path.parent / ".gitignore"
         line = f"/{path.name}"
         text = ignore.read_text(encoding="utf-8") if ignore.exists() else ""
@@ -356,7 +347,7 @@ class DvcProject:
     def put_object(self, data: bytes, md5: str) -> Path | None:
         """Put `data` into the cache as the object `md5` (read-only, as DVC keeps them).
         Returns the object's path if it was not in the cache before."""
-        target = Path(self.repo.cache.local.oid_to_path(md5))
+        target = self.cache_path(md5)
         if target.exists():
             return None
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -194,11 +194,11 @@ def checkpoints(project: Project, rev: str, with_metrics: bool = False) -> list[
 
 def position(project: Project, rev: str) -> Position:
     """The newest checkpoint of the history of `rev` (user commits above it do not move it)."""
-    for commit in walk(project, rev):
-        t = commit.trailers
-        if t is not None and t.iteration is not None and t.step is not None:
-            return Position(t.iteration, t.step)
-    return Position(None, None)
+    return _position_of(latest_checkpoint(project, rev))
+
+
+def _position_of(cp: Checkpoint | None) -> Position:
+    return Position(None, None) if cp is None else Position(cp.iteration, cp.step)
 
 
 def latest_checkpoint(project: Project, rev: str) -> Checkpoint | None:
@@ -238,12 +238,11 @@ def end_of_iteration(cps: list[Checkpoint], stages: list[str]) -> dict[int, Chec
 def run_info(project: Project, run: str) -> RunInfo:
     rev = tip(project, run)
     rec = record(project, run, rev)
-    pos = position(project, rev)
-    done = pos.done(rec.stages) if rec.stages else 0
+    latest = latest_checkpoint(project, rev)
+    done = _position_of(latest).done(rec.stages) if rec.stages else 0
     status = run_status(project, run, done, rec.iterations)
     headline, value = headline_at(project, rev)
-    if rec.merged and (latest := latest_checkpoint(project, rev)) is not None \
-            and latest.run != run:
+    if rec.merged and latest is not None and latest.run != run:
         value = None  # the metrics files are the first source's: the soup is not evaluated
     return RunInfo(
         name=run,
