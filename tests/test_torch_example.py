@@ -175,6 +175,31 @@ def test_merge_refuses_mismatches_with_nothing_written(mismatched: Path) -> None
     assert snapshot(project) == before
 
 
+def test_merge_compares_locked_keys_of_other_params_files(tmp_path: Path) -> None:
+    """A locked key of a second params file, in DVC's grammar (`data.yaml:source`), is
+    compared as the keys of params.yaml are: runs on other data are not merged."""
+    root = tmp_path / "digits"
+    ok(cli(tmp_path, "init", str(root), "--example", "torch"))
+    (root / "data.yaml").write_text("source: digits-a\n")
+    config = root / "conf" / "config.yaml"
+    text = config.read_text()
+    assert "locked: [dataset, val_metric]" in text
+    config.write_text(text.replace("locked: [dataset, val_metric]",
+                                   "locked: [dataset, val_metric, 'data.yaml:source']"))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "the data's source, locked")
+    ok(cli(root, "run", "--name", "x", "--iterations", "1"))
+    git(root, "switch", "-q", "main")
+    ok(cli(root, "run", "--name", "y", "--iterations", "1", "data.yaml:source=digits-b"))
+    git(root, "switch", "-q", "main")
+    before = snapshot(root)
+    refused = cli(root, "merge", "x", "y", "--name", "bad")
+    assert refused.returncode == 20, refused.stderr
+    assert "locked key 'data.yaml:source' differs: 'digits-a' in x@0, 'digits-b' in y@0" \
+        in refused.stderr
+    assert snapshot(root) == before
+
+
 def cache_files(root: Path) -> set[str]:
     cache = root / ".dvc" / "cache"
     return {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()}

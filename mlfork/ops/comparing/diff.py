@@ -7,14 +7,13 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlfork import naming
 from mlfork.errors import UsageError
 from mlfork.models import Checkpoint
 from mlfork.nested import flatten
 from mlfork.ops.comparing.chain import chain_from_git
 from mlfork.ops.comparing.stitch import Source, metrics
 from mlfork.ops.kernel import lineage
-from mlfork.ops.kernel.project import MISSING, Project, dotted_get
+from mlfork.ops.kernel.project import MISSING, Project
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -158,14 +157,9 @@ def diff(
     locked_keys = list(
         dict.fromkeys([*project.policy(tip_a).locked, *project.policy(tip_b).locked])
     )
-    def value(tip: str, cfg: dict[str, Any], key: str) -> Any:
-        file, dotted = naming.split_params_file(key)
-        data = cfg if file is None else project.params_file_at(tip, file)
-        return dotted_get(data, dotted, MISSING)
-
     locked = []
     for k in locked_keys:  # the policy's keys this project has (in either run)
-        va, vb = value(tip_a, cfg_a, k), value(tip_b, cfg_b, k)
+        va, vb = project.locked_value_at(tip_a, k), project.locked_value_at(tip_b, k)
         if va is MISSING and vb is MISSING:
             continue
         locked.append(LockedCheck(k, None if va is MISSING else va,

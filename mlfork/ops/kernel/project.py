@@ -165,6 +165,13 @@ class Project:
         raw = self.git.read(rev, path)
         return _parse_params(path, raw) if raw is not None else {}
 
+    def locked_value_at(self, rev: str, key: str) -> Any:
+        """The value at commit `rev` of a locked key: `dataset.name` (params.yaml), or a key
+        of another params file in DVC's grammar (`data.yaml:source`); MISSING if absent."""
+        file, dotted = naming.split_params_file(key)
+        data = self.params_at(rev) if file is None else self.params_file_at(rev, file)
+        return dotted_get(data, dotted, MISSING)
+
     def params_at_workspace(self) -> dict[str, Any]:
         """params.yaml as it is in the workspace ({} if missing or unreadable)."""
         try:

@@ -31,7 +31,7 @@ from mlfork.errors import MergeMismatch, MissingData, UsageError
 from mlfork.models import Checkpoint
 from mlfork.nested import dump_yaml, flatten, load_yaml
 from mlfork.ops.kernel import lineage
-from mlfork.ops.kernel.project import Project
+from mlfork.ops.kernel.project import MISSING, Project
 from mlfork.ops.mirroring import background
 from mlfork.ops.running import fork
 from mlfork.ops.running.common import Progress, check_new_name, quiet
@@ -214,19 +214,30 @@ def _pick(project: Project, text: str) -> tuple[str, Checkpoint]:
 
 def _check_locked(project: Project, picked: list[tuple[str, Checkpoint]],
                   locked: Sequence[str]) -> None:
-    configs = [(f"{r}@{cp.iteration}", flatten(project.params_at(cp.commit)))
-               for r, cp in picked]
-    first_label, first = configs[0]
-    for label, config in configs[1:]:
+    """MergeMismatch naming the first locked key whose value differs between the sources:
+    a key of params.yaml by its full dotted name, one of another params file
+    (`data.yaml:source`) as the policy names it."""
+    labels = [f"{r}@{cp.iteration}" for r, cp in picked]
+    configs = [flatten(project.params_at(cp.commit)) for _, cp in picked]
+    other_files = [k for k in locked if naming.split_params_file(k)[0] is not None]
+    for i in range(1, len(picked)):
+        first, config = configs[0], configs[i]
         for key in sorted(set(first) | set(config)):
-            if not any(key == k or key.startswith(k + ".") for k in locked):
-                continue
-            if first.get(key) != config.get(key):
-                raise MergeMismatch(
-                    f"locked key '{key}' differs: {first.get(key)!r} in {first_label},"
-                    f" {config.get(key)!r} in {label}; runs on other data or another"
-                    " validation metric cannot be merged"
-                )
+            if any(key == k or key.startswith(k + ".") for k in locked) \
+                    and first.get(key) != config.get(key):
+                _locked_differs(key, first.get(key), labels[0], config.get(key), labels[i])
+        for key in other_files:
+            a, b = (project.locked_value_at(picked[j][1].commit, key) for j in (0, i))
+            if a != b:
+                _locked_differs(key, None if a is MISSING else a, labels[0],
+                                None if b is MISSING else b, labels[i])
+
+
+def _locked_differs(key: str, a: Any, label_a: str, b: Any, label_b: str) -> None:
+    raise MergeMismatch(
+        f"locked key '{key}' differs: {a!r} in {label_a}, {b!r} in {label_b}; runs on other"
+        " data or another validation metric cannot be merged"
+    )
 
 
 def _checkpoint(project: Project, run: str, cp: Checkpoint, output: str,
